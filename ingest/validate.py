@@ -1,0 +1,223 @@
+"""Turn one decoded payload item into an Event, or a rejection that names the value and the fix.
+
+The collector and `weir import-logs` both go through `EventBuilder`, so an imported line and a
+posted event pass the same checks and get ids and visitor ids the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from streams.event import PAGEVIEW, Event
+from streams.ids import new_event_id, stable_event_id
+from streams.sites import SiteDirectory, normalize_host
+from streams.visitor import SaltStore, utc_day, visitor_id
+
+MAX_TYPE_CHARS = 100
+MAX_ACTION_CHARS = 255
+MAX_URL_CHARS = 4096
+MAX_ID_CHARS = 255
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; older timestamps are certainly wrong clocks
+_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the transport knows about the sender of a request."""
+
+    received_ms: int
+    ip: str | None
+    user_agent: str | None
+    source: str = "collect"
+    trust_timestamps: bool = False
+    """Take event times as given, even later than `received_ms`; only for operator imports,
+    where clamping would make a re-import store other times (and so other rows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event that was not accepted: its index in the request, a reason code and a message."""
+
+    index: int
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "reason": self.reason, "error": self.message}
+
+
+class InvalidEvent(ValueError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def clean_text(value: str) -> str:
+    """Drop NUL characters, which PostgreSQL text and jsonb cannot store."""
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def clean_json(value: Any) -> Any:
+    """Apply clean_text to every string (keys too) in a decoded JSON value."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def decode_path(path: str) -> str:
+    """Percent-decode a path exactly once; keep it as sent when the escapes are not valid UTF-8."""
+    if "%" not in path:
+        return path
+    try:
+        return unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return path
+
+
+def _optional_str(item: dict, name: str, limit: int) -> str | None:
+    value = item.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent("invalid_field", f"field {name!r} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidEvent("invalid_field", f"field {name!r} is {len(value)} characters long; the limit is {limit}")
+    return clean_text(value)
+
+
+def parse_timestamp(value: Any) -> int | None:
+    """Return epoch milliseconds from an ISO-8601 string or a number of seconds or milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidEvent("invalid_timestamp", f"timestamp {value!r} is not a time")
+    if isinstance(value, (int, float)):
+        # Numbers below 10^11 are seconds (until the year 5138), larger ones milliseconds.
+        return int(value * 1000) if abs(value) < 1e11 else int(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(
+                "invalid_timestamp", f"timestamp {value!r} is not ISO-8601 (e.g. 2026-12-04T10:00:00Z)"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp() * 1000)
+    raise InvalidEvent("invalid_timestamp", f"timestamp must be a string or a number, got {type(value).__name__}")
+
+
+class EventBuilder:
+    """Validates payload items and builds Events with their ids and visitor ids."""
+
+    def __init__(self, sites: SiteDirectory, salts: SaltStore, max_event_bytes: int = 32_768) -> None:
+        self._sites = sites
+        self._salts = salts
+        self._max_event_bytes = max_event_bytes
+
+    async def build(self, items: list[Any], context: RequestContext) -> tuple[list[Event], list[Rejection]]:
+        """Return the accepted events and the rejections, each rejection naming its item's index."""
+        events: list[Event] = []
+        rejections: list[Rejection] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(await self.build_one(item, context))
+            except InvalidEvent as error:
+                rejections.append(Rejection(index, error.reason, str(error)))
+        return events, rejections
+
+    async def build_one(self, item: Any, context: RequestContext) -> Event:
+        """Return the Event for one payload item; raise InvalidEvent naming what is wrong."""
+        if not isinstance(item, dict):
+            raise InvalidEvent("not_an_object", f"an event must be a JSON object, got {type(item).__name__}")
+        size = len(orjson.dumps(item))
+        if size > self._max_event_bytes:
+            raise InvalidEvent("event_too_large", f"event is {size} bytes; the limit is {self._max_event_bytes}")
+        item = clean_json(item)
+
+        url = _optional_str(item, "url", MAX_URL_CHARS)
+        site = await self._resolve_site(item, url)
+        event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
+        if not _TYPE_PATTERN.match(event_type):
+            raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
+        action = self._action(item, event_type, url)
+
+        timestamp_ms = parse_timestamp(item.get("timestamp"))
+        timestamp_ms = self._correct_clock(timestamp_ms, context)
+        client_id = _optional_str(item, "id", MAX_ID_CHARS) or _optional_str(item, "message_id", MAX_ID_CHARS)
+        event_id = stable_event_id(site, client_id, timestamp_ms) if client_id else new_event_id(context.received_ms)
+
+        user_agent = _optional_str(item, "user_agent", 2048) or context.user_agent
+        ip = context.ip or ""
+        salt = await self._salts.salt_for_day(utc_day(timestamp_ms))
+        props = item.get("props", item.get("metadata")) or {}
+        if not isinstance(props, dict):
+            raise InvalidEvent("invalid_field", f"props must be a JSON object, got {type(props).__name__}")
+
+        return Event(
+            id=str(event_id),
+            site=site,
+            type=event_type,
+            action=action,
+            timestamp_ms=timestamp_ms,
+            received_ms=context.received_ms,
+            visitor_id=visitor_id(salt, site, ip, user_agent or ""),
+            url=url,
+            referrer=_optional_str(item, "referrer", MAX_URL_CHARS),
+            user_agent=user_agent,
+            ip=context.ip,
+            user_id=_optional_str(item, "user_id", MAX_ID_CHARS),
+            props=props,
+            source=context.source,
+        )
+
+    async def _resolve_site(self, item: dict, url: str | None) -> str:
+        host = _optional_str(item, "site", 253) or _optional_str(item, "domain", 253)
+        if host is None and url:
+            host = urlsplit(url).hostname
+        if not host:
+            raise InvalidEvent("missing_site", "event has no site: send `site` (the domain) or an absolute `url`")
+        site = await self._sites.lookup(host)
+        if site is None:
+            name = normalize_host(host)
+            raise InvalidEvent(
+                "unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`"
+            )
+        return site.domain
+
+    @staticmethod
+    def _action(item: dict, event_type: str, url: str | None) -> str:
+        if event_type == PAGEVIEW:
+            path = _optional_str(item, "path", MAX_URL_CHARS)
+            if path is None and url:
+                path = urlsplit(url).path or "/"
+            if path is None:
+                raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
+            path = decode_path(path.split("?", 1)[0].split("#", 1)[0]) or "/"
+            return path[:MAX_ACTION_CHARS]
+
+        name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
+        if name is None:
+            raise InvalidEvent("missing_field", f"an event of type {event_type!r} needs `name`")
+        return name
+
+    @staticmethod
+    def _correct_clock(timestamp_ms: int | None, context: RequestContext) -> int:
+        if timestamp_ms is None:
+            return context.received_ms
+        if timestamp_ms < EARLIEST_MS:
+            raise InvalidEvent("invalid_timestamp", f"timestamp {timestamp_ms} ms is before 2000-01-01")
+        if context.trust_timestamps:
+            return timestamp_ms
+        # A client clock ahead of ours is clamped, so no posted event is stored in the future.
+        return min(timestamp_ms, context.received_ms)

@@ -1,0 +1,118 @@
+"""The `weir` command: run services and operate a deployment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from weir.settings import ConfigError
+
+logger = logging.getLogger("weir")
+
+
+class CommandError(Exception):
+    """A failed command; main() prints its message as one line and exits 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weir",
+        description="Weir: self-hosted web and product analytics. Settings come from the environment "
+                    "(NODE_ENV, REDIS_URL, DATABASE_URL, API_KEYS, ...); options given here win over them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collector = commands.add_parser("collector", help="run the collector (POST /collect) on PORT, default 4001")
+    collector.add_argument("--port", type=int, help="TCP port to listen on (sets PORT)")
+    collector.add_argument("--host", help="address to listen on (sets HOST, default 0.0.0.0)")
+
+    processor = commands.add_parser("processor", help="run a processor: stream to enrichment, sessions and sinks")
+    processor.add_argument("--concurrency", type=int, help="agents in this process (sets CONCURRENCY, default 5)")
+    processor.add_argument("--batch-size", type=int, help="stream entries per batch (sets BATCH_SIZE, default 100)")
+    processor.add_argument("--metrics-port", type=int,
+                           help="side port for /health and /metrics (sets METRICS_PORT, default 4010; 0 turns it off)")
+
+    api = commands.add_parser("api", help="run the query API and dashboard on PORT, default 4002")
+    api.add_argument("--port", type=int, help="TCP port to listen on (sets PORT)")
+    api.add_argument("--host", help="address to listen on (sets HOST, default 0.0.0.0)")
+
+    up = commands.add_parser("up", help="run collector, processor and API in one process, for local use")
+    up.add_argument("--collector-port", type=int, default=4001, help="collector port (default 4001)")
+    up.add_argument("--api-port", type=int, default=4002, help="API port (default 4002)")
+    up.add_argument("--processor-metrics-port", type=int, default=4010,
+                    help="processor /health and /metrics port (default 4010; 0 turns it off)")
+    up.add_argument("--host", default="127.0.0.1", help="address the services listen on (default 127.0.0.1)")
+
+    schema = commands.add_parser("schema", help="compare, print or apply the schema the code needs")
+    schema_commands = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    for name, text in (("check", "print the difference between code and database; exit 1 on drift"),
+                       ("apply", "apply the additive changes (create table, add column, create index)"),
+                       ("sql", "print the DDL of the whole schema for review")):
+        sub = schema_commands.add_parser(name, help=text)
+        sub.add_argument("--timescaledb", choices=["auto", "on", "off"],
+                         help="use TimescaleDB hypertables (sets TIMESCALEDB, default auto)")
+
+    site = commands.add_parser("site", help="add or list the sites Weir collects for")
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    site_add = site_commands.add_parser("add", help="add a site, or update its time zone and aliases")
+    site_add.add_argument("domain", help="the site's domain, e.g. example.com")
+    site_add.add_argument("--timezone", required=True, help="IANA time zone reports use, e.g. Europe/Berlin or UTC")
+    site_add.add_argument("--alias", action="append", default=[], metavar="HOST",
+                          help="another host name of the same site, e.g. www.example.com; repeatable")
+    site_commands.add_parser("list", help="list the sites")
+
+    imports = commands.add_parser("import-logs", help="import Apache/nginx access logs (plain or gzip) as pageviews")
+    imports.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log files to read, in order")
+    imports.add_argument("--site", required=True, help="domain of the site the logs belong to")
+    imports.add_argument("--shift-to-today", action="store_true",
+                         help="move every timestamp by whole days so the newest line falls on today's UTC date")
+    imports.add_argument("--log-format", default="combined",
+                         help="combined (default), common, vhost_combined, or a log format string in nginx "
+                              "($remote_addr ...) or Apache (%%h %%t ...) syntax")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(_dispatch(args)) or 0
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.code
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coroutine):
+    """Run on uvloop where it is installed: it serves HTTP and Redis noticeably faster."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    from ops import commands
+
+    handler = {
+        "collector": commands.run_collector,
+        "processor": commands.run_processor,
+        "api": commands.run_api,
+        "up": commands.run_up,
+        "schema": commands.schema,
+        "site": commands.site,
+        "import-logs": commands.import_logs,
+    }[args.command]
+    return await handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What each `weir` subcommand does; ops.cli parses the arguments and calls one of these."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ingest.collector import create_collector_app
+from ingest.settings import CollectorSettings
+from ops.cli import CommandError
+from ops.importer import LogImporter, newest_time, shift_for
+from ops.services import ServiceSet, run_services
+from ops.settings import DatabaseToolSettings, SiteToolSettings, StreamToolSettings
+from query.api import create_api_app
+from query.settings import ApiSettings
+from sinks.guard import run_guard, schema_sql
+from sinks.processor import Processor
+from sinks.settings import ProcessorSettings
+from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
+from streams.sites import SiteDirectory
+from weir.logs import configure_logging
+from weir.settings import load_settings
+
+
+async def run_collector(args: argparse.Namespace) -> int:
+    settings = load_settings(CollectorSettings, PORT=args.port, HOST=args.host)
+    configure_logging(settings.LOG_LEVEL)
+    services = ServiceSet()
+    services.add_app("collector", create_collector_app(settings), settings.HOST, settings.PORT)
+    await run_services(services)
+    return 0
+
+
+async def run_processor(args: argparse.Namespace) -> int:
+    settings = load_settings(ProcessorSettings, CONCURRENCY=args.concurrency, BATCH_SIZE=args.batch_size,
+                             METRICS_PORT=args.metrics_port)
+    configure_logging(settings.LOG_LEVEL)
+    services = ServiceSet()
+    services.add_processor(Processor(settings), settings.METRICS_PORT)
+    await run_services(services)
+    return 0
+
+
+async def run_api(args: argparse.Namespace) -> int:
+    settings = load_settings(ApiSettings, PORT=args.port, HOST=args.host)
+    configure_logging(settings.LOG_LEVEL)
+    services = ServiceSet()
+    services.add_app("api", create_api_app(settings), settings.HOST, settings.PORT)
+    await run_services(services)
+    return 0
+
+
+async def run_up(args: argparse.Namespace) -> int:
+    collector = load_settings(CollectorSettings, PORT=args.collector_port, HOST=args.host)
+    processor = load_settings(ProcessorSettings, METRICS_PORT=args.processor_metrics_port)
+    api = load_settings(ApiSettings, PORT=args.api_port, HOST=args.host)
+    configure_logging(collector.LOG_LEVEL)
+
+    services = ServiceSet()
+    services.add_processor(Processor(processor), processor.METRICS_PORT)
+    services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
+    services.add_app("api", create_api_app(api), api.HOST, api.PORT)
+    await run_services(services)
+    return 0
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise CommandError(f"cannot connect to DATABASE_URL: {error}") from None
+
+
+async def schema(args: argparse.Namespace) -> int:
+    settings = load_settings(DatabaseToolSettings, TIMESCALEDB=args.timescaledb)
+    if args.schema_command == "sql":
+        for statement in schema_sql(settings.TIMESCALEDB == "on"):
+            print(statement + ";\n")
+        return 0
+
+    configure_logging("warning" if args.schema_command == "check" else "info")
+    conn = await _connect(settings.DATABASE_URL)
+    try:
+        plan = await run_guard(conn, timescaledb=settings.TIMESCALEDB, apply=args.schema_command == "apply")
+    finally:
+        await conn.close()
+
+    if args.schema_command == "apply":
+        print(f"applied {len(plan.changes)} change(s); {len(plan.drift)} drift item(s) need an operator")
+        for drift in plan.drift:
+            print(f"drift: {drift.table}: {drift.description}\n  fix: {drift.fix_sql}")
+        return 0
+
+    for change in plan.changes:
+        print(f"missing: {change.table}: {change.description}\n  apply: {change.sql}")
+    for drift in plan.drift:
+        print(f"drift: {drift.table}: {drift.description}\n  fix: {drift.fix_sql}")
+    if plan.clean:
+        print("schema is up to date")
+        return 0
+    print(f"{len(plan.changes)} missing change(s), {len(plan.drift)} drift item(s); run `weir schema apply` for the missing ones")
+    return 1
+
+
+async def site(args: argparse.Namespace) -> int:
+    settings = load_settings(SiteToolSettings)
+    conn = await _connect(settings.DATABASE_URL)
+    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        await run_guard(conn, apply=True) if not await _has_sites_table(conn) else None
+        if args.site_command == "list":
+            for item in await load_sites(conn):
+                aliases = ", ".join(item.aliases) or "-"
+                print(f"{item.domain}\t{item.timezone}\taliases: {aliases}")
+            return 0
+        try:
+            record = validate_site(args.domain, args.timezone, args.alias)
+        except InvalidSite as error:
+            raise CommandError(str(error)) from None
+        await upsert_site(conn, record)
+        await publish_sites(conn, SiteDirectory(redis))
+        stored = await get_site(conn, record.domain)
+        print(f"site {stored.domain} ready (time zone {stored.timezone}, aliases: {', '.join(stored.aliases) or '-'})")
+        return 0
+    except RedisError as error:
+        raise CommandError(f"the site is stored, but publishing it to REDIS_URL failed: {error}; "
+                           "the next processor start publishes it") from None
+    finally:
+        await conn.close()
+        await redis.aclose()
+
+
+async def _has_sites_table(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('sites') IS NOT NULL"))
+
+
+async def import_logs(args: argparse.Namespace) -> int:
+    settings = load_settings(StreamToolSettings)
+    configure_logging("warning")
+    for path in args.paths:
+        if not path.is_file():
+            raise CommandError(f"log file not found: {path}")
+
+    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        record = await SiteDirectory(redis).lookup(args.site)
+        if record is None:
+            raise CommandError(f"unknown site {args.site!r}: add it first with "
+                               f"`weir site add {args.site} --timezone Area/City`")
+        shift = shift_for(newest_time(args.paths, args.log_format)) if args.shift_to_today else None
+        importer = LogImporter(redis, record, log_format=args.log_format, shift=shift or shift_for(None))
+        summary = await importer.import_files(args.paths)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    except RedisError as error:
+        raise CommandError(f"writing to the stream at REDIS_URL failed: {error}; re-run the import, "
+                           "lines already written are skipped by their ids") from None
+    finally:
+        await redis.aclose()
+
+    if shift:
+        print(f"timestamps shifted by {shift.days} days", file=sys.stderr)
+    print(summary.line())
+    return 0

@@ -1,0 +1,88 @@
+"""Run Weir's services in this process until SIGTERM or SIGINT, then stop them cleanly.
+
+Stopping order: the processors' agents finish the batch in hand, commit and acknowledge; then
+the HTTP services stop accepting and finish the requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from sinks.processor import Processor, create_processor_health_app
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServiceSet:
+    """HTTP applications with their addresses, and processors, to run together."""
+
+    apps: list[tuple[str, web.Application, str, int]] = field(default_factory=list)
+    processors: list[tuple[Processor, int]] = field(default_factory=list)
+
+    def add_app(self, name: str, app: web.Application, host: str, port: int) -> None:
+        self.apps.append((name, app, host, port))
+
+    def add_processor(self, processor: Processor, health_port: int) -> None:
+        self.processors.append((processor, health_port))
+
+
+def install_stop_signals(stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+
+async def run_services(services: ServiceSet, stopping: asyncio.Event | None = None,
+                       ready: asyncio.Event | None = None) -> None:
+    """Start every service, wait for `stopping` (or a signal), then stop them in order."""
+    stopping = stopping or asyncio.Event()
+    install_stop_signals(stopping)
+    runners: list[web.AppRunner] = []
+    processor_tasks: list[asyncio.Task] = []
+    try:
+        for processor, health_port in services.processors:
+            await processor.start()
+            if health_port:
+                services.add_app("processor", create_processor_health_app(processor), "0.0.0.0", health_port)
+            processor_tasks.append(asyncio.create_task(processor.run(stopping)))
+        for name, app, host, port in services.apps:
+            runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, reuse_port=True).start()
+            runners.append(runner)
+            logger.info("service listening service=%s address=http://%s:%d", name, host, port)
+        if ready is not None:
+            ready.set()
+
+        await _wait_for_stop(stopping, processor_tasks)
+    finally:
+        stopping.set()
+        results = await asyncio.gather(*processor_tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                logger.error("processor ended with an error error=%r", result)
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for processor, _port in services.processors:
+            await processor.close()
+        logger.info("services stopped")
+
+
+async def _wait_for_stop(stopping: asyncio.Event, processor_tasks: list[asyncio.Task]) -> None:
+    """Return when stopping is set, or raise when a processor task ended on its own with an error."""
+    waiter = asyncio.create_task(stopping.wait())
+    try:
+        done, _ = await asyncio.wait([waiter, *processor_tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    for task in done:
+        if task is not waiter and task.exception() is not None:
+            raise task.exception()

@@ -1,0 +1,34 @@
+"""Settings of the command-line tools, which need connections but no service variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseToolSettings(BaseSettings):
+    """Environment of `weir schema`."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DATABASE_URL: str = Field(description="PostgreSQL to check or change")
+    TIMESCALEDB: Literal["auto", "on", "off"] = "auto"
+
+
+class SiteToolSettings(BaseSettings):
+    """Environment of `weir site`: the sites table and the collector's directory in Redis."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DATABASE_URL: str
+    REDIS_URL: str
+
+
+class StreamToolSettings(BaseSettings):
+    """Environment of `weir import-logs`: the stream it writes."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    REDIS_URL: str

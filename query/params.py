@@ -1,0 +1,89 @@
+"""Query parameters of the API: the site, the date range in the site's time zone, and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+MAX_RANGE_DAYS = 3700
+
+
+class BadRequest(Exception):
+    """A request the API cannot answer; the message names the parameter and the fix."""
+
+    def __init__(self, message: str, status: int = 400, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.parameter = parameter
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """Whole days `first`..`last` in `timezone`, and the UTC instants that bound them."""
+
+    first: date
+    last: date
+    timezone: str
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(self.first, time(), ZoneInfo(self.timezone))
+
+    @property
+    def end(self) -> datetime:
+        """The first instant after the range: midnight that starts the day after `last`."""
+        return datetime.combine(self.last + timedelta(days=1), time(), ZoneInfo(self.timezone))
+
+
+def check_known(request: web.Request, allowed: set[str]) -> None:
+    for name in request.query:
+        if name not in allowed:
+            raise BadRequest(f"unknown parameter {name!r}; this endpoint takes {', '.join(sorted(allowed))}", parameter=name)
+
+
+def parse_day(value: str | None, name: str) -> date:
+    if not value:
+        raise BadRequest(f"missing parameter {name!r}: give a date as YYYY-MM-DD", parameter=name)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"invalid {name}={value!r}: give a date as YYYY-MM-DD", parameter=name) from None
+
+
+def parse_range(request: web.Request, timezone: str) -> DateRange:
+    first = parse_day(request.query.get("from"), "from")
+    last = parse_day(request.query.get("to"), "to")
+    if last < first:
+        raise BadRequest(f"invalid range: to={last} is before from={first}", parameter="to")
+    if (last - first).days > MAX_RANGE_DAYS:
+        raise BadRequest(f"range of {(last - first).days} days is longer than {MAX_RANGE_DAYS}", parameter="to")
+    return DateRange(first, last, timezone)
+
+
+def parse_limit(request: web.Request, default: int = 10, maximum: int = 1000) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"invalid limit={raw!r}: give a whole number from 1 to {maximum}", parameter="limit") from None
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"invalid limit={raw!r}: give a whole number from 1 to {maximum}", parameter="limit")
+    return value
+
+
+def parse_offset(request: web.Request, maximum: int = 1_000_000) -> int:
+    raw = request.query.get("offset")
+    if raw is None:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"invalid offset={raw!r}: give a whole number from 0 to {maximum}", parameter="offset") from None
+    if not 0 <= value <= maximum:
+        raise BadRequest(f"invalid offset={raw!r}: give a whole number from 0 to {maximum}", parameter="offset")
+    return value

@@ -1,0 +1,28 @@
+"""Settings of the query API service."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from weir.settings import ServiceSettings
+
+
+class ApiSettings(ServiceSettings):
+    """Environment of `weir api`; names and defaults match the platform Weir replaces."""
+
+    DATABASE_URL: str = Field(description="PostgreSQL holding the tables the API reads")
+    REDIS_URL: str = Field(description="Redis for the answer cache and health")
+    API_KEYS: str = Field(description="comma-separated API keys; a request needs one of them")
+    PORT: int = Field(4002, description="TCP port of the API and dashboard")
+    HOST: str = Field("0.0.0.0", description="address to listen on")
+    STALE_AFTER_S: int = Field(300, ge=1, description="seconds a derived table may trail raw_events before answers warn")
+
+    @field_validator("API_KEYS")
+    @classmethod
+    def _at_least_one_key(cls, value: str) -> str:
+        if not [k for k in value.split(",") if k.strip()]:
+            raise ValueError("API_KEYS holds no key; give at least one, comma-separated")
+        return value
+
+    def api_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.API_KEYS.split(",") if k.strip())

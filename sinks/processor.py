@@ -1,0 +1,194 @@
+"""The processor service: agents read the event stream, enrich, sessionize and write the sinks.
+
+One process is CONCURRENCY consumers of the group; any number of processes may run. A batch is
+acknowledged only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from datetime import datetime, timezone
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from sinks import metrics as sink_metrics
+from sinks.errors import is_transient
+from sinks.freshness import record_write
+from sinks.guard import run_guard
+from sinks.partitions import PartitionManager
+from sinks.raw_events import StoredEvent, write_raw_events
+from sinks.sessions import assign_sessions
+from sinks.settings import ProcessorSettings
+from sinks.sites import publish_sites
+from streams import metrics as stream_metrics
+from streams.agent import AgentOptions, AgentRunner, AgentSpec
+from streams.bots import BotDetector
+from streams.consumer import Entry, StreamConsumer
+from streams.enrich import enrich
+from streams.event import decode_entry
+from streams.keys import DEAD_LETTER_STREAM, EVENTS_STREAM, PROCESSOR_GROUP
+from streams.sites import SiteDirectory
+from weir.health import HealthChecks, add_health_routes
+
+logger = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 3600.0
+GAUGE_INTERVAL_S = 5.0
+
+
+class Processor:
+    """Holds the connections of one processor process and handles its batches."""
+
+    def __init__(self, settings: ProcessorSettings, *, stream: str = EVENTS_STREAM, group: str = PROCESSOR_GROUP) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.group = group
+        self.redis: Redis | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.bots = BotDetector()
+        self.partitions = PartitionManager("raw_events")
+        self.partitioned = True
+        prefix = settings.CONSUMER_NAME or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer_names = [f"{prefix}-{i}" for i in range(settings.CONCURRENCY)]
+
+    async def start(self) -> None:
+        """Open connections, run the schema guard, publish the sites and create the group."""
+        self.redis = Redis.from_url(self.settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5)
+        self.pool = await asyncpg.create_pool(self.settings.DATABASE_URL, min_size=1,
+                                              max_size=self.settings.CONCURRENCY + 2, command_timeout=120)
+        async with self.pool.acquire() as conn:
+            plan = await run_guard(conn, timescaledb=self.settings.TIMESCALEDB)
+            self.partitioned = not plan.use_timescaledb and await _is_partitioned(conn, "raw_events")
+            await publish_sites(conn, SiteDirectory(self.redis))
+        await self._consumer(self.consumer_names[0]).ensure_group()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def _consumer(self, name: str) -> StreamConsumer:
+        return StreamConsumer(self.redis, self.stream, self.group, name, DEAD_LETTER_STREAM)
+
+    async def handle_batch(self, entries: list[Entry]) -> None:
+        """Decode, enrich, sessionize and commit one batch; raise to leave it pending."""
+        # Step 1: decode; a malformed entry raises MalformedEntry and is dead-lettered alone.
+        events = [event for entry in entries for event in decode_entry(entry.entry_id, entry.fields)]
+        if not events:
+            return
+
+        # Step 2: enrich; pure and per event.
+        enrichments = [enrich(e, self.bots) for e in events]
+
+        # Step 3: in one transaction, assign sessions, write raw events and what derives from them.
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn:
+                if self.partitioned:
+                    await self._ensure_partitions(conn, events)
+                async with conn.transaction():
+                    session_ids, _renames = await assign_sessions(conn, events)
+                    batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]
+                    inserted = await write_raw_events(conn, batch)
+                    newest = max(e.timestamp_ms for e in events)
+                    await record_write(conn, "raw_events", _utc(newest), len(inserted))
+        except Exception as error:
+            sink_metrics.WRITE_FAILURES.labels("raw_events", error.__class__.__name__).inc()
+            raise
+
+        # Step 4: count; the agent acknowledges after this returns.
+        sink_metrics.ROWS_WRITTEN.labels("raw_events").inc(len(inserted))
+        sink_metrics.DUPLICATES_SKIPPED.labels("raw_events").inc(len(events) - len(inserted))
+        stream_metrics.EVENTS_PROCESSED.inc(len(events))
+        logger.debug("batch committed entries=%d events=%d inserted=%d first_entry_id=%s elapsed_ms=%.1f",
+                     len(entries), len(events), len(inserted), entries[0].entry_id,
+                     (time.perf_counter() - started) * 1000)
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, events) -> None:
+        days = {_utc(e.timestamp_ms).date() for e in events}
+        created = await self.partitions.ensure(conn, days)
+        if created:
+            sink_metrics.PARTITIONS_CREATED.labels("raw_events").inc(len(created))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run the agents and the maintenance loop until `stopping` is set and batches finish."""
+        options = AgentOptions(
+            batch_size=self.settings.BATCH_SIZE,
+            reclaim_idle_ms=self.settings.RECLAIM_IDLE_MS,
+            max_deliveries=self.settings.MAX_DELIVERIES,
+            is_transient=is_transient,
+        )
+        spec = AgentSpec("raw-events", self.handle_batch)
+        runners = [AgentRunner(spec, self._consumer(name), options) for name in self.consumer_names]
+        maintenance = asyncio.create_task(self._maintain(stopping))
+        try:
+            await asyncio.gather(*(runner.run(stopping) for runner in runners))
+        finally:
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
+
+    async def _maintain(self, stopping: asyncio.Event) -> None:
+        next_retention = 0.0
+        while not stopping.is_set():
+            try:
+                await self._update_gauges()
+                if self.partitioned and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + MAINTENANCE_INTERVAL_S
+                    async with self.pool.acquire() as conn:
+                        dropped = await self.partitions.drop_older_than(conn, self.settings.RETENTION_DAYS)
+                    sink_metrics.PARTITIONS_DROPPED.labels("raw_events").inc(len(dropped))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - gauges and retention retry on the next round
+                logger.warning("processor maintenance failed error=%r; retrying in %.0fs", error, GAUGE_INTERVAL_S)
+            try:
+                await asyncio.wait_for(stopping.wait(), GAUGE_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _update_gauges(self) -> None:
+        consumer = self._consumer(self.consumer_names[0])
+        lag = await consumer.lag() or 0
+        pending = await consumer.pending_count()
+        stream_metrics.STREAM_LAG.labels(self.stream, self.group).set(lag)
+        stream_metrics.STREAM_PENDING.labels(self.stream, self.group).set(pending)
+        stream_metrics.QUEUE_DEPTH.set(lag + pending)
+
+    def health_checks(self) -> HealthChecks:
+        checks = HealthChecks()
+
+        async def redis_ok() -> str:
+            await self.redis.ping()
+            return "ok"
+
+        async def database_ok() -> str:
+            await self.pool.fetchval("SELECT 1")
+            return "ok"
+
+        checks.hard["redis"] = redis_ok
+        checks.hard["database"] = database_ok
+        return checks
+
+
+async def _is_partitioned(conn: asyncpg.Connection, table: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
+        "WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace)", table))
+
+
+def _utc(unix_ms: int) -> datetime:
+    return datetime.fromtimestamp(unix_ms / 1000, tz=timezone.utc)
+
+
+def create_processor_health_app(processor: Processor) -> web.Application:
+    """The processor's side-port app with /health and /metrics only."""
+    app = web.Application()
+    add_health_routes(app, processor.health_checks())
+    return app

@@ -1,0 +1,222 @@
+"""The one declaration of the schema the code needs; everything else reads it.
+
+Table and column names of `raw_events`, `daily_metrics`, `aggregated_metrics` and
+`session_fingerprints` are contracts with the platform Weir replaces: columns are only ever
+added. The schema guard (`sinks.guard`) turns this declaration into additive DDL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+    """SQL type as `format_type()` prints it, so the guard can compare it with the catalog."""
+    nullable: bool = True
+    default: str | None = None
+
+    @property
+    def quoted(self) -> str:
+        return quote_ident(self.name)
+
+    def definition(self) -> str:
+        parts = [self.quoted, self.type]
+        if self.default is not None:
+            parts.append(f"DEFAULT {self.default}")
+        if not self.nullable:
+            parts.append("NOT NULL")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    """Column names (quoted as needed) or expressions, in key order."""
+    unique: bool = False
+    method: str = "btree"
+    nulls_not_distinct: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    partition_column: str | None = None
+    """Range-partitioned by day on this column (plain PostgreSQL), or a hypertable (TimescaleDB)."""
+    derived: bool = False
+    """Written by the processor from raw events; its freshness is measured and reported."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier when PostgreSQL would otherwise fold or reject it (camelCase, keywords)."""
+    if name.islower() and name.replace("_", "").isalnum() and name not in _RESERVED:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+_RESERVED = frozenset({"timestamp", "date", "user", "order", "group", "select", "value", "default", "end"})
+
+
+SITES = Table(
+    name="sites",
+    columns=(
+        Column("domain", "character varying(253)", nullable=False),
+        Column("timezone", "text", nullable=False, default="'UTC'::text"),
+        Column("aliases", "text[]", nullable=False, default="'{}'::text[]"),
+        Column("created_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    primary_key=("domain",),
+)
+
+RAW_EVENTS = Table(
+    name="raw_events",
+    columns=(
+        Column("id", "uuid", nullable=False),
+        Column("session_id", "character varying(64)", nullable=False),
+        Column("user_id", "character varying(255)"),
+        Column("event_type", "character varying(100)", nullable=False),
+        Column("event_action", "character varying(255)", nullable=False),
+        Column("metadata", "jsonb", default="'{}'::jsonb"),
+        Column("timestamp", "timestamp with time zone", nullable=False),
+        Column("created_at", "timestamp with time zone", nullable=False),
+        # Added by Weir; defaults let the guard add them to a table that already holds rows.
+        Column("site", "character varying(253)", nullable=False, default="''::character varying"),
+        Column("visitor_id", "character varying(64)", nullable=False, default="''::character varying"),
+        Column("is_bot", "boolean", nullable=False, default="false"),
+        Column("url", "text"),
+        Column("referrer", "text"),
+        Column("user_agent", "text"),
+    ),
+    primary_key=("id", "timestamp"),
+    indexes=(
+        Index("idx_raw_events_session_id", ("session_id",)),
+        Index("idx_raw_events_user_id", ("user_id",)),
+        Index("idx_raw_events_event_type", ("event_type",)),
+        Index("idx_raw_events_metadata", ("metadata",), method="gin"),
+        Index("idx_raw_events_site_timestamp", ("site", '"timestamp"')),
+        # Sessionizing a batch reads each visitor's nearby events through this index.
+        Index("idx_raw_events_site_visitor", ("site", "visitor_id", '"timestamp"')),
+    ),
+    partition_column="timestamp",
+)
+
+_DIMENSION_COLUMNS = (
+    Column("metric_name", "character varying(100)", nullable=False),
+    Column("dimension_key", "character varying(100)"),
+    Column("dimension_value", "character varying(1024)"),
+    Column("value", "bigint", nullable=False, default="0"),
+)
+
+AGGREGATED_METRICS = Table(
+    name="aggregated_metrics",
+    columns=(
+        Column("site", "character varying(253)", nullable=False, default="''::character varying"),
+        Column("bucket", "timestamp with time zone", nullable=False),
+        Column("granularity", "character varying(10)", nullable=False),
+        *_DIMENSION_COLUMNS,
+        Column("updated_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    indexes=(
+        # NULLS NOT DISTINCT: the total (dimension NULL) of a bucket is one row, not one per write.
+        Index(
+            "uq_aggregated_metrics_key",
+            ("site", "bucket", "granularity", "metric_name", "dimension_key", "dimension_value"),
+            unique=True,
+            nulls_not_distinct=True,
+        ),
+    ),
+    derived=True,
+)
+
+DAILY_METRICS = Table(
+    name="daily_metrics",
+    columns=(
+        Column("site", "character varying(253)", nullable=False, default="''::character varying"),
+        Column("date", "date", nullable=False),
+        *_DIMENSION_COLUMNS,
+        Column("updated_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    indexes=(
+        Index(
+            "uq_daily_metrics_key",
+            ("site", '"date"', "metric_name", "dimension_key", "dimension_value"),
+            unique=True,
+            nulls_not_distinct=True,
+        ),
+    ),
+    derived=True,
+)
+
+SESSION_FINGERPRINTS = Table(
+    name="session_fingerprints",
+    columns=(
+        Column("session_id", "character varying(64)", nullable=False),
+        Column("site", "character varying(253)", nullable=False, default="''::character varying"),
+        Column("visitor_id", "character varying(64)", nullable=False, default="''::character varying"),
+        Column("started_at", "timestamp with time zone", nullable=False),
+        Column("ended_at", "timestamp with time zone", nullable=False),
+        Column("entry_page", "character varying(255)"),
+        Column("exit_page", "character varying(255)"),
+        Column("pageviews", "integer", nullable=False, default="0"),
+        Column("events", "integer", nullable=False, default="0"),
+        Column("duration_s", "integer", nullable=False, default="0"),
+        Column("is_bounce", "boolean", nullable=False, default="true"),
+        Column("is_bot", "boolean", nullable=False, default="false"),
+        Column("referrer", "text"),
+        Column("referrer_host", "character varying(253)"),
+        Column("source", "character varying(255)"),
+        Column("medium", "character varying(255)"),
+        Column("utm_source", "character varying(255)"),
+        Column("utm_medium", "character varying(255)"),
+        Column("utm_campaign", "character varying(255)"),
+        Column("utm_term", "character varying(255)"),
+        Column("utm_content", "character varying(255)"),
+        Column("browser", "character varying(100)"),
+        Column("browser_version", "character varying(50)"),
+        Column("os", "character varying(100)"),
+        Column("os_version", "character varying(50)"),
+        Column("device_type", "character varying(20)"),
+        Column("screen_size", "character varying(20)"),
+        Column("country", "character varying(2)"),
+        Column("region", "character varying(100)"),
+        Column("city", "character varying(100)"),
+        Column("asn", "integer"),
+        Column("org", "character varying(255)"),
+        Column("orgType", "character varying(20)"),
+        Column("isGovernment", "boolean", nullable=False, default="false"),
+        Column("responseTier", "character varying(40)"),
+        Column("updated_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    primary_key=("site", "session_id"),
+    indexes=(
+        Index("idx_session_fingerprints_site_started", ("site", "started_at")),
+        Index("idx_session_fingerprints_visitor", ("visitor_id",)),
+    ),
+    derived=True,
+)
+
+TABLE_FRESHNESS = Table(
+    name="table_freshness",
+    columns=(
+        Column("table_name", "character varying(63)", nullable=False),
+        Column("last_write_at", "timestamp with time zone", nullable=False),
+        Column("last_event_at", "timestamp with time zone"),
+        Column("rows_written", "bigint", nullable=False, default="0"),
+    ),
+    primary_key=("table_name",),
+    notes=("Each sink updates its row in the transaction that writes its table.",),
+)
+
+TABLES: tuple[Table, ...] = (SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, TABLE_FRESHNESS)
+DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)
+TABLES_BY_NAME = {t.name: t for t in TABLES}

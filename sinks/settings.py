@@ -1,0 +1,24 @@
+"""Settings of the processor service."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from weir.settings import ServiceSettings
+
+
+class ProcessorSettings(ServiceSettings):
+    """Environment of `weir processor`; names and defaults match the platform Weir replaces."""
+
+    REDIS_URL: str = Field(description="Redis holding the event stream")
+    DATABASE_URL: str = Field(description="PostgreSQL the sinks write, e.g. postgresql://user:pass@host:5432/db")
+    CONCURRENCY: int = Field(5, ge=1, le=64, description="agents (consumers) per processor process")
+    BATCH_SIZE: int = Field(100, ge=1, le=10_000, description="stream entries read per batch")
+    METRICS_PORT: int = Field(4010, description="side port of the processor's /health and /metrics; 0 turns it off")
+    RECLAIM_IDLE_MS: int = Field(60_000, ge=100, description="idle time after which another consumer's pending entries are taken over")
+    MAX_DELIVERIES: int = Field(5, ge=1, description="deliveries of a failing entry before it goes to the dead-letter stream")
+    RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept; older partitions or chunks are dropped")
+    TIMESCALEDB: Literal["auto", "on", "off"] = Field("auto", description="use TimescaleDB hypertables: auto (when available), on, off")
+    CONSUMER_NAME: str = Field("", description="consumer name prefix in the group; default host name and process id")

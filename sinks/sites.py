@@ -1,0 +1,64 @@
+"""The `sites` table: the record of which domains Weir collects for, and their time zones."""
+
+from __future__ import annotations
+
+import logging
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import asyncpg
+
+from streams.sites import Site, SiteDirectory, normalize_host
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidSite(ValueError):
+    """A domain, alias or time zone that cannot be used; the message names it and the fix."""
+
+
+def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
+    """Return the normalised Site; raise InvalidSite naming the bad value."""
+    domain = normalize_host(domain)
+    if not domain or "/" in domain or " " in domain:
+        raise InvalidSite(f"invalid domain {domain!r}: give a host name such as example.com")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSite(f"unknown time zone {timezone!r}: use an IANA name such as Europe/Berlin or UTC") from None
+    cleaned = []
+    for alias in aliases:
+        host = normalize_host(alias)
+        if not host or "/" in host or " " in host:
+            raise InvalidSite(f"invalid alias {alias!r}: give a host name such as www.{domain}")
+        if host != domain and host not in cleaned:
+            cleaned.append(host)
+    return Site(domain, timezone, tuple(cleaned))
+
+
+async def upsert_site(conn: asyncpg.Connection, site: Site) -> None:
+    """Insert `site` or update its time zone and add its aliases."""
+    await conn.execute(
+        """INSERT INTO sites (domain, timezone, aliases) VALUES ($1, $2, $3)
+           ON CONFLICT (domain) DO UPDATE
+              SET timezone = EXCLUDED.timezone,
+                  aliases = ARRAY(SELECT DISTINCT unnest(sites.aliases || EXCLUDED.aliases))""",
+        site.domain, site.timezone, list(site.aliases),
+    )
+
+
+async def load_sites(conn: asyncpg.Connection) -> list[Site]:
+    rows = await conn.fetch("SELECT domain, timezone, aliases FROM sites ORDER BY domain")
+    return [Site(r["domain"], r["timezone"], tuple(sorted(r["aliases"]))) for r in rows]
+
+
+async def get_site(conn: asyncpg.Connection, domain: str) -> Site | None:
+    row = await conn.fetchrow("SELECT domain, timezone, aliases FROM sites WHERE domain = $1", normalize_host(domain))
+    return Site(row["domain"], row["timezone"], tuple(sorted(row["aliases"]))) if row else None
+
+
+async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> int:
+    """Copy every row of `sites` into the Redis directory the collector reads; return the count."""
+    sites = await load_sites(conn)
+    await directory.publish(sites)
+    logger.info("site directory published sites=%d", len(sites))
+    return len(sites)

@@ -1,0 +1,193 @@
+"""Agents: decorated async functions that consume a stream in batches through a consumer group.
+
+An agent's handler receives a list of entries and either returns (the batch is committed, the
+entries are acknowledged) or raises (nothing is acknowledged; the entries are retried, one by
+one once a batch has failed, and dead-lettered after `max_deliveries`). A stop request lets the
+batch in hand finish, commit and acknowledge before the loop ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from streams import metrics
+from streams.consumer import Entry, StreamConsumer
+from streams.event import MalformedEntry
+
+logger = logging.getLogger(__name__)
+
+BatchHandler = Callable[[list[Entry]], Awaitable[None]]
+
+
+class PoisonEntry(Exception):
+    """Raised by a handler for an entry that can never succeed; it is dead-lettered at once."""
+
+    def __init__(self, entry_id: str, reason: str) -> None:
+        super().__init__(f"entry {entry_id} cannot be processed: {reason}")
+        self.entry_id = entry_id
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    batch_size: int = 100
+    block_ms: int = 1000
+    reclaim_idle_ms: int = 60_000
+    """Pending entries idle this long on another consumer are taken over."""
+    reclaim_interval_s: float = 10.0
+    max_deliveries: int = 5
+    retry_backoff_s: float = 1.0
+    max_retry_backoff_s: float = 30.0
+    is_transient: Callable[[BaseException], bool] = lambda error: False
+    """Errors for which the batch is retried in place until it succeeds (a database that is down,
+    a schema the guard must repair) instead of being split up and dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    name: str
+    handler: BatchHandler
+
+
+AGENTS: dict[str, AgentSpec] = {}
+
+
+def agent(name: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Register the decorated batch handler as the agent `name`."""
+
+    def register(handler: BatchHandler) -> BatchHandler:
+        AGENTS[name] = AgentSpec(name, handler)
+        return handler
+
+    return register
+
+
+class AgentRunner:
+    """Runs one agent's loop on one consumer until `stopping` is set."""
+
+    def __init__(self, spec: AgentSpec, consumer: StreamConsumer, options: AgentOptions) -> None:
+        self.spec = spec
+        self.consumer = consumer
+        self.options = options
+        self._retrying = True  # start by finishing whatever this consumer left pending
+        self._isolate = False
+        self._last_errors: dict[str, str] = {}
+        self._next_reclaim = 0.0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Loop: pick the next batch, process it, until `stopping` is set between batches."""
+        logger.info("agent started agent=%s stream=%s group=%s consumer=%s", self.spec.name, self.consumer.stream,
+                    self.consumer.group, self.consumer.consumer)
+        while not stopping.is_set():
+            try:
+                entries = await self._next_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - Redis down: wait and try again, nothing to lose
+                logger.warning("stream read failed agent=%s stream=%s error=%r; retrying in %.1fs", self.spec.name,
+                               self.consumer.stream, error, self.options.retry_backoff_s)
+                await _sleep_unless(stopping, self.options.retry_backoff_s)
+                continue
+            if entries:
+                await self.process(entries, stopping)
+        logger.info("agent stopped agent=%s consumer=%s", self.spec.name, self.consumer.consumer)
+
+    async def _next_batch(self) -> list[Entry]:
+        if self._retrying:
+            entries = await self.consumer.read_own_pending(1 if self._isolate else self.options.batch_size)
+            if entries:
+                return entries
+            self._retrying = self._isolate = False
+
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self.options.reclaim_interval_s
+            claimed = await self.consumer.reclaim(self.options.reclaim_idle_ms, self.options.batch_size)
+            if claimed:
+                metrics.ENTRIES_RECLAIMED.labels(self.consumer.stream).inc(len(claimed))
+                return claimed
+        return await self.consumer.read_new(self.options.batch_size, self.options.block_ms)
+
+    async def process(self, entries: list[Entry], stopping: asyncio.Event) -> None:
+        """Run the handler on `entries`, then acknowledge them; on failure leave them pending."""
+        # Step 1: park entries that already failed too often.
+        live = []
+        for entry in entries:
+            if entry.deliveries > self.options.max_deliveries:
+                reason = self._last_errors.pop(entry.entry_id, "failed on every delivery (error not seen by this consumer)")
+                await self._dead_letter(entry, f"gave up after {entry.deliveries - 1} deliveries: {reason}")
+            else:
+                live.append(entry)
+        if not live:
+            return
+
+        # Step 2: process and commit, retrying in place while the failure is transient.
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            try:
+                await self.spec.handler(live)
+                break
+            except (MalformedEntry, PoisonEntry) as error:
+                await self._dead_letter(_find(live, error.entry_id), str(error))
+                self._retrying = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - every failure leaves the batch pending
+                attempt += 1
+                transient = self.options.is_transient(error)
+                self._record_failure(live, error, attempt, transient)
+                delay_s = min(self.options.retry_backoff_s * 2 ** (attempt - 1), self.options.max_retry_backoff_s)
+                await _sleep_unless(stopping, delay_s)
+                if not transient or stopping.is_set():
+                    return
+                await self._keep_claimed(live)
+
+        # Step 3: acknowledge what was committed; shielded so a cancellation cannot skip it.
+        await asyncio.shield(self.consumer.ack([e.entry_id for e in live]))
+        for entry in live:
+            self._last_errors.pop(entry.entry_id, None)
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_ENTRIES.observe(len(live))
+
+    async def _keep_claimed(self, live: list[Entry]) -> None:
+        """Reset the entries' idle time so no other consumer reclaims a batch still being retried."""
+        try:
+            await self.consumer.touch([e.entry_id for e in live])
+        except Exception as error:  # noqa: BLE001 - Redis may be what is down; reclaiming is then harmless
+            logger.debug("could not touch pending entries agent=%s error=%r", self.spec.name, error)
+
+    def _record_failure(self, live: list[Entry], error: Exception, attempt: int, transient: bool) -> None:
+        description = f"{error.__class__.__name__}: {error}"
+        for entry in live:
+            self._last_errors[entry.entry_id] = description
+        if len(self._last_errors) > 10_000:
+            self._last_errors.clear()
+        ids = ",".join(e.entry_id for e in live[:20])
+        outcome = "retrying in place" if transient else "left pending, retried one entry at a time"
+        logger.error("batch failed agent=%s stream=%s attempt=%d entries=%d entry_ids=%s%s outcome=%r error=%s",
+                     self.spec.name, self.consumer.stream, attempt, len(live), ids, ",..." if len(live) > 20 else "",
+                     outcome, description, extra={"entry_ids": [e.entry_id for e in live]})
+        metrics.BATCH_FAILURES.labels(self.spec.name, error.__class__.__name__).inc()
+        if not transient:
+            self._retrying = True
+            self._isolate = len(live) > 1 or self._isolate
+
+    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+        await asyncio.shield(self.consumer.dead_letter(entry, reason))
+        metrics.ENTRIES_DEAD_LETTERED.labels(self.consumer.stream).inc()
+
+
+def _find(entries: list[Entry], entry_id: str) -> Entry:
+    return next(e for e in entries if e.entry_id == entry_id)
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,140 @@
+"""One consumer of a consumer group: read batches, acknowledge, reclaim and dead-letter entries.
+
+Delivery is at-least-once: an entry stays pending until `ack` after its batch was committed.
+Entries pending on a consumer that died are taken over with XAUTOCLAIM once idle long enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry as read: its id, its fields and how often it has been delivered."""
+
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+
+class StreamConsumer:
+    """Reads `stream` as `consumer` in `group`; every call is one Redis round trip or a few."""
+
+    def __init__(self, redis: Redis, stream: str, group: str, consumer: str, dead_letter_stream: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.dead_letter_stream = dead_letter_stream
+
+    async def ensure_group(self) -> None:
+        """Create the stream and the group (reading from the start) unless they exist."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            logger.info("consumer group created stream=%s group=%s", self.stream, self.group)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def read_new(self, count: int, block_ms: int) -> list[Entry]:
+        """Read up to `count` entries never delivered to this group, waiting up to `block_ms`."""
+        reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return _entries(reply)
+
+    async def read_own_pending(self, count: int) -> list[Entry]:
+        """Read entries already delivered to this consumer and not acknowledged (e.g. a failed batch).
+
+        Reading them again counts as a delivery, which the dead-letter policy relies on.
+        """
+        reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+        entries = _entries(reply)
+        orphans = _trimmed_ids(reply)
+        if orphans:
+            # Trimmed while pending: nothing left to process, so acknowledging loses nothing more.
+            await self.ack(orphans)
+            logger.warning("pending entries were trimmed before processing stream=%s group=%s count=%d first_entry_id=%s",
+                           self.stream, self.group, len(orphans), orphans[0])
+        await self._fill_deliveries(entries)
+        return entries
+
+    async def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries idle for `min_idle_ms` on any consumer of the group (XAUTOCLAIM)."""
+        reply = await self.redis.xautoclaim(self.stream, self.group, self.consumer, min_idle_ms, "0-0", count=count)
+        # Redis 7 drops entries trimmed while pending from the group itself and lists them third.
+        claimed = [Entry(_text(entry_id), fields) for entry_id, fields in reply[1] if fields]
+        if claimed:
+            await self._fill_deliveries(claimed)
+            logger.warning("pending entries reclaimed stream=%s group=%s consumer=%s count=%d first_entry_id=%s",
+                           self.stream, self.group, self.consumer, len(claimed), claimed[0].entry_id)
+        return claimed
+
+    async def ack(self, entry_ids: list[str]) -> int:
+        if not entry_ids:
+            return 0
+        return await self.redis.xack(self.stream, self.group, *entry_ids)
+
+    async def touch(self, entry_ids: list[str]) -> None:
+        """Reset the idle time of this consumer's pending `entry_ids` without counting a delivery."""
+        if entry_ids:
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, entry_ids, justid=True)
+
+    async def dead_letter(self, entry: Entry, error: str) -> None:
+        """Copy `entry` with its error into the dead-letter stream, then acknowledge it, atomically."""
+        fields = dict(entry.fields)
+        fields[b"dead_letter_error"] = error[:2000].encode()
+        fields[b"dead_letter_entry_id"] = entry.entry_id.encode()
+        fields[b"dead_letter_stream"] = self.stream.encode()
+        fields[b"dead_letter_at_ms"] = str(int(time.time() * 1000)).encode()
+        fields[b"dead_letter_deliveries"] = str(entry.deliveries).encode()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_letter_stream, fields)
+            pipe.xack(self.stream, self.group, entry.entry_id)
+            await pipe.execute()
+        logger.error("entry dead-lettered stream=%s entry_id=%s deliveries=%d error=%s", self.stream, entry.entry_id,
+                     entry.deliveries, error[:300], extra={"entry_id": entry.entry_id})
+
+    async def pending_count(self) -> int:
+        summary = await self.redis.xpending(self.stream, self.group)
+        return int(summary["pending"])
+
+    async def lag(self) -> int | None:
+        """Entries of the stream not yet delivered to the group (Redis 7's `lag`), None when unknown."""
+        for group in await self.redis.xinfo_groups(self.stream):
+            if _text(group["name"]) == self.group:
+                lag = group.get("lag")
+                return int(lag) if lag is not None else None
+        return None
+
+    async def _fill_deliveries(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        details = await self.redis.xpending_range(self.stream, self.group, min=entries[0].entry_id,
+                                                  max=entries[-1].entry_id, count=len(entries) * 2)
+        counts = {_text(d["message_id"]): int(d["times_delivered"]) for d in details}
+        for entry in entries:
+            entry.deliveries = counts.get(entry.entry_id, entry.deliveries)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _trimmed_ids(reply) -> list[str]:
+    return [_text(entry_id) for _stream, items in reply or [] for entry_id, fields in items if not fields]
+
+
+def _entries(reply) -> list[Entry]:
+    entries = []
+    for _stream, items in reply or []:
+        for entry_id, fields in items:
+            if fields:
+                entries.append(Entry(_text(entry_id), fields))
+    return entries

@@ -1,0 +1,74 @@
+"""The directory of known sites in Redis, which the collector reads to accept or reject events.
+
+The `sites` table in PostgreSQL is the record; this hash mirrors it because the collector
+talks only to Redis. `weir site add` writes both, and every processor start copies the table
+into the hash again, so a Redis that lost its data learns the sites back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from redis.asyncio import Redis
+
+from streams.keys import SITES_HASH
+
+CACHE_TTL_S = 5.0
+"""How long a collector trusts its copy of the directory; a new site is accepted within this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    domain: str
+    timezone: str = "UTC"
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    def hosts(self) -> tuple[str, ...]:
+        return (self.domain, *self.aliases)
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case a host name and drop a trailing dot and port; IPv6 literals keep their colons."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host
+
+
+class SiteDirectory:
+    """Maps a host (a site's domain or one of its aliases) to its site, cached for CACHE_TTL_S."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._sites: dict[str, Site] = {}
+        self._loaded_at = float("-inf")
+
+    async def publish(self, sites: list[Site]) -> None:
+        """Write `sites` (each under its domain and every alias) into the Redis hash."""
+        mapping: dict[str, bytes] = {}
+        for site in sites:
+            record = orjson.dumps({"domain": site.domain, "timezone": site.timezone, "aliases": list(site.aliases)})
+            for host in site.hosts():
+                mapping[normalize_host(host)] = record
+        if mapping:
+            await self._redis.hset(SITES_HASH, mapping=mapping)
+        self._loaded_at = float("-inf")
+
+    async def lookup(self, host: str) -> Site | None:
+        """Return the site that `host` belongs to, or None when no site claims it."""
+        if time.monotonic() - self._loaded_at > CACHE_TTL_S:
+            await self._reload()
+        return self._sites.get(normalize_host(host))
+
+    async def _reload(self) -> None:
+        raw = await self._redis.hgetall(SITES_HASH)
+        sites = {}
+        for host, record in raw.items():
+            data = orjson.loads(record)
+            sites[host.decode()] = Site(data["domain"], data["timezone"], tuple(data.get("aliases", ())))
+        self._sites = sites
+        self._loaded_at = time.monotonic()

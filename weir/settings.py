@@ -1,0 +1,61 @@
+"""Base settings model and the start-up error for a missing or invalid variable."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXIT_CONFIG_ERROR = 2
+
+
+class ServiceSettings(BaseSettings):
+    """Variables every service reads.
+
+    NODE_ENV keeps the name of the platform Weir replaces, so existing deployments keep
+    their environment files.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    NODE_ENV: Literal["development", "production"]
+    LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ConfigError(SystemExit):
+    """A missing or invalid environment variable; exits with code 2 and one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_CONFIG_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(model: type[SettingsT], **overrides: object) -> SettingsT:
+    """Read `model` from the environment, turning validation errors into one ConfigError line.
+
+    `overrides` win over the environment; the CLI passes its options here.
+    """
+    try:
+        return model(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise ConfigError(_describe(model, error)) from None
+
+
+def _describe(model: type[BaseSettings], error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "?"
+        if item["type"] == "missing":
+            problems.append(f"missing required environment variable {name}")
+        else:
+            value = item.get("input")
+            problems.append(f"invalid {name}={value!r}: {item['msg']}")
+    service = model.__name__.removesuffix("Settings").lower()
+    return f"weir {service}: " + "; ".join(problems) + " (set it in the environment or an env file)"
