@@ -8,13 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+from ops.errors import CommandError
 from weir.settings import ConfigError
 
 logger = logging.getLogger("weir")
-
-
-class CommandError(Exception):
-    """A failed command; main() prints its message as one line and exits 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from ingest.collector import create_collector_app
 from ingest.settings import CollectorSettings
-from ops.cli import CommandError
+from ops.errors import CommandError
 from ops.importer import LogImporter, newest_time, shift_for
 from ops.services import ServiceSet, run_services
 from ops.settings import DatabaseToolSettings, SiteToolSettings, StreamToolSettings

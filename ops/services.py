@@ -41,10 +41,11 @@ def install_stop_signals(stopping: asyncio.Event) -> None:
 
 
 async def run_services(services: ServiceSet, stopping: asyncio.Event | None = None,
-                       ready: asyncio.Event | None = None) -> None:
+                       ready: asyncio.Event | None = None, handle_signals: bool = True) -> None:
     """Start every service, wait for `stopping` (or a signal), then stop them in order."""
     stopping = stopping or asyncio.Event()
-    install_stop_signals(stopping)
+    if handle_signals:
+        install_stop_signals(stopping)
     runners: list[web.AppRunner] = []
     processor_tasks: list[asyncio.Task] = []
     try:

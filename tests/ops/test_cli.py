@@ -1,0 +1,98 @@
+"""The `weir` command: help for every subcommand, and one-line errors for missing settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+import pytest
+
+from ops.cli import build_parser
+from tests.conftest import REPO, weir_command
+
+SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["up"], ["schema", "check"], ["schema", "apply"],
+               ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"]]
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(weir_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+def bare_env(**values: str) -> dict[str, str]:
+    keep = {"PATH", "HOME", "LANG", "VIRTUAL_ENV"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(values)
+    return env
+
+
+@pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)
+def test_help_exits_zero(args):
+    result = run([*args, "--help"], bare_env())
+
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: weir ")
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public walk of subparsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_option_has_help_text():
+    missing = [f"{parser.prog} {action.dest}" for parser in _parsers(build_parser())
+               for action in parser._actions  # noqa: SLF001
+               if not isinstance(action, argparse._SubParsersAction) and not action.help]  # noqa: SLF001
+
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "missing"),
+    [
+        (["collector"], {"NODE_ENV": "production"}, "REDIS_URL"),
+        (["collector"], {"REDIS_URL": "redis://127.0.0.1:6379/9"}, "NODE_ENV"),
+        (["processor"], {"NODE_ENV": "production", "REDIS_URL": "redis://127.0.0.1:6379/9"}, "DATABASE_URL"),
+        (["api"], {"NODE_ENV": "production", "REDIS_URL": "redis://x", "DATABASE_URL": "postgresql://x/y"}, "API_KEYS"),
+        (["schema", "check"], {}, "DATABASE_URL"),
+        (["import-logs", "--site", "a.example", "x.log"], {}, "REDIS_URL"),
+    ],
+    ids=["collector-redis", "collector-node-env", "processor-database", "api-keys", "schema-database", "import-redis"],
+)
+def test_missing_variable_is_one_line_exit_2(args, env, missing):
+    result = run(args, bare_env(**env))
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"missing required environment variable {missing}" in result.stderr
+
+
+def test_invalid_node_env_names_value():
+    result = run(["collector"], bare_env(NODE_ENV="staging", REDIS_URL="redis://127.0.0.1:6379/9"))
+
+    assert result.returncode == 2
+    assert "invalid NODE_ENV='staging'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_site_add_rejects_unknown_timezone(database_url, redis_url):
+    result = run(["site", "add", "example.com", "--timezone", "Mars/Olympus"],
+                 bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url))
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: unknown time zone 'Mars/Olympus': "
+                                     "use an IANA name such as Europe/Berlin or UTC")
+
+
+def test_site_add_then_list(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    added = run(["site", "add", "Example.COM", "--timezone", "Europe/Berlin", "--alias", "www.example.com"], env)
+    listed = run(["site", "list"], env)
+
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "site example.com ready (time zone Europe/Berlin, aliases: www.example.com)"
+    assert listed.stdout.strip() == "example.com\tEurope/Berlin\taliases: www.example.com"

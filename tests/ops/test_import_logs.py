@@ -1,0 +1,91 @@
+"""The real access log, imported through the CLI into a running stack, gives the known totals.
+
+Expected figures come from the log under the pageview rule (GET, status 200-399, no static
+extension), a bot flag from the crawler lists (an empty or "-" user agent is a bot), a visitor
+per (UTC day, IP, user agent) and sessions split by gaps over 30 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+
+from tests.conftest import API_KEY, DATA, REPO, service_env, wait_until_processed, weir_command
+
+LOG = DATA / "access-logs" / "apache_combined.log"
+EXPECTED_SUMMARY = "lines read 10000, events written 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
+EXPECTED_OVERVIEW = {"pageviews": 1777, "bot_pageviews": 2396, "visitors": 1005, "sessions": 1126, "events": 0}
+
+
+def run_weir(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(weir_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+async def fetch_overview(api_url: str, site: str) -> dict:
+    today = datetime.now(timezone.utc).date()
+    query = {"site": site, "from": str(today - timedelta(days=3)), "to": str(today)}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with http.get(f"{api_url}/api/overview", params=query) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+
+async def import_log(env: dict) -> subprocess.CompletedProcess:
+    return await asyncio.to_thread(run_weir, env, "import-logs", "--site", "semicomplete.com", "--shift-to-today",
+                                   str(LOG))
+
+
+@pytest.fixture
+async def site_env(stack):
+    env = service_env(stack.database_url, stack.redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", "semicomplete.com", "--timezone", "UTC",
+                                    "--alias", "www.semicomplete.com")
+    assert added.returncode == 0, added.stderr
+    return env
+
+
+async def test_import_real_log_gives_known_totals(stack, site_env, redis):
+    result = await import_log(site_env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == EXPECTED_SUMMARY
+    assert "line 8899" in result.stderr
+    await wait_until_processed(redis)
+    overview = await fetch_overview(stack.api_url, "semicomplete.com")
+    assert {k: overview[k] for k in EXPECTED_OVERVIEW} == EXPECTED_OVERVIEW
+    assert overview["pageviews"] + overview["bot_pageviews"] == 4173
+    assert overview["freshness"]["stale"] is False
+
+
+async def test_import_twice_changes_no_number(stack, site_env, redis, db):
+    first = await import_log(site_env)
+    await wait_until_processed(redis)
+    before = await fetch_overview(stack.api_url, "semicomplete.com")
+
+    second = await import_log(site_env)
+    await wait_until_processed(redis)
+    after = await fetch_overview(stack.api_url, "semicomplete.com")
+
+    assert first.returncode == second.returncode == 0
+    assert {k: after[k] for k in EXPECTED_OVERVIEW} == {k: before[k] for k in EXPECTED_OVERVIEW} == EXPECTED_OVERVIEW
+    assert await db.fetchval("SELECT count(*) FROM raw_events") == 4173
+
+
+async def test_import_unknown_site_exits_with_one_line(stack):
+    env = service_env(stack.database_url, stack.redis_url)
+    result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", "nosuch.example", str(LOG))
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: unknown site 'nosuch.example': add it first with "
+                                     "`weir site add nosuch.example --timezone Area/City`")
+
+
+async def test_import_missing_file_exits_with_one_line(stack, site_env):
+    result = await asyncio.to_thread(run_weir, site_env, "import-logs", "--site", "semicomplete.com", "/nonexistent.log")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: log file not found: /nonexistent.log"

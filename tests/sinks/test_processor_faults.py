@@ -1,0 +1,100 @@
+"""A processor killed with SIGKILL mid-import and started again loses nothing and counts nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from ops.importer import LogImporter, newest_time, shift_for
+from streams.sites import Site, SiteDirectory
+from tests.conftest import DATA, REPO, service_env, wait_until_processed, weir_command
+
+LOG = DATA / "access-logs" / "apache_combined.log"
+SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
+
+
+def start_processor(env: dict, log_path) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    return subprocess.Popen(weir_command("processor"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def import_into_stream(redis: Redis) -> None:
+    await SiteDirectory(redis).publish([SITE])
+    importer = LogImporter(redis, SITE, shift=shift_for(newest_time([LOG], "combined")), progress=None)
+    await importer.import_files([LOG])
+
+
+async def truth(db) -> dict:
+    row = await db.fetchrow("""
+        SELECT count(*) AS rows,
+               count(*) FILTER (WHERE NOT is_bot) AS human,
+               count(DISTINCT visitor_id) FILTER (WHERE NOT is_bot) AS visitors,
+               count(DISTINCT session_id) FILTER (WHERE NOT is_bot) AS sessions,
+               count(DISTINCT id) AS ids
+          FROM raw_events""")
+    return dict(row)
+
+
+async def wait_for_rows(db, minimum: int, timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exists = await db.fetchval("SELECT to_regclass('raw_events') IS NOT NULL")
+        count = await db.fetchval("SELECT count(*) FROM raw_events") if exists else 0
+        if count >= minimum:
+            return count
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"raw_events did not reach {minimum} rows in {timeout_s}s")
+
+
+async def test_sigkill_mid_import_loses_and_doubles_nothing(database_url, redis_url, redis, db, tmp_path):
+    env = service_env(database_url, redis_url, CONCURRENCY="2", BATCH_SIZE="1", RECLAIM_IDLE_MS="500",
+                      METRICS_PORT="0")
+    await import_into_stream(redis)
+
+    first = start_processor(env, tmp_path / "processor.log")
+    try:
+        rows_at_kill = await wait_for_rows(db, 200)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    pending_after_kill = (await redis.xpending("weir:events", "weir:processors"))["pending"]
+    assert rows_at_kill < 4173
+
+    second = start_processor(env, tmp_path / "processor.log")
+    try:
+        await wait_until_processed(redis, timeout_s=90)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, (tmp_path / "processor.log").read_text()[-3000:]
+
+    assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
+    log = (tmp_path / "processor.log").read_text()
+    if pending_after_kill:
+        assert "pending entries reclaimed" in log
+
+
+@pytest.mark.parametrize("replicas", [2])
+async def test_two_replicas_share_one_group(database_url, redis_url, redis, db, tmp_path, replicas):
+    env = service_env(database_url, redis_url, CONCURRENCY="2", BATCH_SIZE="1", METRICS_PORT="0")
+    await import_into_stream(redis)
+
+    processes = [start_processor(env, tmp_path / f"processor-{i}.log") for i in range(replicas)]
+    try:
+        await wait_until_processed(redis, timeout_s=90)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(30) for process in processes]
+
+    assert codes == [0] * replicas
+    assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
+    groups = await redis.xinfo_consumers("weir:events", "weir:processors")
+    assert len(groups) == 2 * replicas
