@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import time
+import uuid
+from collections import defaultdict
 from datetime import datetime, timezone
 
 import asyncpg
@@ -18,6 +20,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from sinks import metrics as sink_metrics
+from sinks.derive import NewEvent, write_derived
 from sinks.errors import is_transient
 from sinks.freshness import record_write
 from sinks.guard import run_guard
@@ -25,7 +28,7 @@ from sinks.partitions import PartitionManager
 from sinks.raw_events import StoredEvent, write_raw_events
 from sinks.sessions import assign_sessions
 from sinks.settings import ProcessorSettings
-from sinks.sites import publish_sites
+from sinks.sites import SiteCache, publish_sites
 from streams import metrics as stream_metrics
 from streams.agent import AgentOptions, AgentRunner, AgentSpec
 from streams.bots import BotDetector
@@ -39,6 +42,8 @@ from weir.health import HealthChecks, add_health_routes
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600.0
+DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics", "daily_visitors")
+"""Derived tables written in every batch transaction; their freshness is recorded with raw_events'."""
 GAUGE_INTERVAL_S = 5.0
 
 
@@ -53,6 +58,7 @@ class Processor:
         self.pool: asyncpg.Pool | None = None
         self.bots = BotDetector()
         self.partitions = PartitionManager("raw_events")
+        self.sites = SiteCache()
         self.partitioned = True
         prefix = settings.CONSUMER_NAME or f"{socket.gethostname()}-{os.getpid()}"
         self.consumer_names = [f"{prefix}-{i}" for i in range(settings.CONCURRENCY)]
@@ -94,11 +100,13 @@ class Processor:
                 if self.partitioned:
                     await self._ensure_partitions(conn, events)
                 async with conn.transaction():
-                    session_ids, _renames = await assign_sessions(conn, events)
+                    session_ids, renames = await assign_sessions(conn, events)
                     batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]
                     inserted = await write_raw_events(conn, batch)
-                    newest = max(e.timestamp_ms for e in events)
-                    await record_write(conn, "raw_events", _utc(newest), len(inserted))
+                    derived = await self._write_derived(conn, batch, enrichments, inserted, renames)
+                    newest = _utc(max(e.timestamp_ms for e in events))
+                    for table in ("raw_events", *DERIVED_WRITES):
+                        await record_write(conn, table, newest, len(inserted) if table == "raw_events" else derived)
         except Exception as error:
             sink_metrics.WRITE_FAILURES.labels("raw_events", error.__class__.__name__).inc()
             raise
@@ -110,6 +118,24 @@ class Processor:
         logger.debug("batch committed entries=%d events=%d inserted=%d first_entry_id=%s elapsed_ms=%.1f",
                      len(entries), len(events), len(inserted), entries[0].entry_id,
                      (time.perf_counter() - started) * 1000)
+
+    async def _write_derived(self, conn: asyncpg.Connection, batch: list[StoredEvent], enrichments,
+                             inserted: set, renames: dict[str, dict[str, str]]) -> int:
+        """Write fingerprints, rollups and visitors for the events this transaction inserted."""
+        new_by_site: dict[str, list[NewEvent]] = defaultdict(list)
+        seen: set = set()
+        for stored, enrichment in zip(batch, enrichments):
+            event_id = uuid.UUID(stored.event.id)
+            if event_id in inserted and event_id not in seen:
+                seen.add(event_id)
+                new_by_site[stored.event.site].append(
+                    NewEvent(stored.event, stored.session_id, stored.is_bot, enrichment.network))
+        rows = 0
+        for domain in sorted(set(new_by_site) | set(renames)):
+            site = await self.sites.get(conn, domain)
+            result = await write_derived(conn, site, new_by_site.get(domain, []), renames.get(domain, {}))
+            rows += result.sessions_written + result.rollup_rows + result.new_visitors
+        return rows
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, events) -> None:
         days = {_utc(e.timestamp_ms).date() for e in events}

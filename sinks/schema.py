@@ -167,6 +167,11 @@ SESSION_FINGERPRINTS = Table(
         Column("ended_at", "timestamp with time zone", nullable=False),
         Column("entry_page", "character varying(255)"),
         Column("exit_page", "character varying(255)"),
+        Column("entry_at", "timestamp with time zone"),
+        Column("exit_at", "timestamp with time zone"),
+        Column("entry_action", "character varying(255)"),
+        Column("entry_url", "text"),
+        Column("user_agent", "text"),
         Column("pageviews", "integer", nullable=False, default="0"),
         Column("events", "integer", nullable=False, default="0"),
         Column("duration_s", "integer", nullable=False, default="0"),
@@ -205,6 +210,18 @@ SESSION_FINGERPRINTS = Table(
     derived=True,
 )
 
+DAILY_VISITORS = Table(
+    name="daily_visitors",
+    columns=(
+        Column("site", "character varying(253)", nullable=False),
+        Column("date", "date", nullable=False),
+        Column("visitor_id", "character varying(64)", nullable=False),
+    ),
+    primary_key=("site", "date", "visitor_id"),
+    derived=True,
+    notes=("Exact unique visitors: one row per human visitor and site-local day; a range counts DISTINCT visitor_id.",),
+)
+
 TABLE_FRESHNESS = Table(
     name="table_freshness",
     columns=(
@@ -217,6 +234,8 @@ TABLE_FRESHNESS = Table(
     notes=("Each sink updates its row in the transaction that writes its table.",),
 )
 
-TABLES: tuple[Table, ...] = (SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, TABLE_FRESHNESS)
+TABLES: tuple[Table, ...] = (
+    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, TABLE_FRESHNESS,
+)
 DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)
 TABLES_BY_NAME = {t.name: t for t in TABLES}

@@ -55,8 +55,8 @@ def _at(unix_ms: int) -> datetime:
 
 
 async def assign_sessions(conn: asyncpg.Connection, events: Sequence[Event],
-                          gap_ms: int = SESSION_GAP_MS) -> tuple[list[str], dict[str, str]]:
-    """Return each event's session id and the renames applied; must run inside a transaction.
+                          gap_ms: int = SESSION_GAP_MS) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Return each event's session id and the renames applied per site; run inside a transaction.
 
     Events already stored (redelivered) get the id of the session they are stored in, so
     inserting them again changes nothing.
@@ -90,4 +90,7 @@ async def assign_sessions(conn: asyncpg.Connection, events: Sequence[Event],
     # Step 3: rename stored events of sessions that merged or moved their start.
     if renames:
         await conn.execute(_RENAME, *[list(column) for column in zip(*renames)])
-    return session_ids, {old: new for _site, _visitor, old, new in renames}
+    renames_by_site: dict[str, dict[str, str]] = defaultdict(dict)
+    for site, _visitor, old, new in renames:
+        renames_by_site[site][old] = new
+    return session_ids, dict(renames_by_site)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
@@ -62,3 +63,25 @@ async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> i
     await directory.publish(sites)
     logger.info("site directory published sites=%d", len(sites))
     return len(sites)
+
+
+class SiteCache:
+    """The sites table as the processor reads it: reloaded every `ttl_s`, and on a miss."""
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self._ttl_s = ttl_s
+        self._sites: dict[str, Site] = {}
+        self._loaded_at = float("-inf")
+
+    async def get(self, conn: asyncpg.Connection, domain: str) -> Site:
+        """Return the site `domain`; one that is not in the table counts in UTC with no aliases."""
+        stale = time.monotonic() - self._loaded_at > self._ttl_s
+        if stale or domain not in self._sites:
+            self._sites = {site.domain: site for site in await load_sites(conn)}
+            self._loaded_at = time.monotonic()
+        site = self._sites.get(domain)
+        if site is None:
+            # The collector accepts only known sites, so this is a site deleted since; keep its events.
+            logger.warning("events for a site missing from the sites table site=%s; counting in UTC", domain)
+            return Site(domain, "UTC")
+        return site

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from streams.bots import BotDetector
 from streams.event import Event
+from streams.fingerprint import VisitorNetwork
 
 
 @dataclass(frozen=True, slots=True)
 class Enrichment:
     is_bot: bool
+    network: VisitorNetwork | None = None
 
 
 def enrich(event: Event, bots: BotDetector) -> Enrichment:

@@ -48,7 +48,7 @@ async def site_env(stack):
     return env
 
 
-async def test_import_real_log_gives_known_totals(stack, site_env, redis):
+async def test_import_real_log_gives_known_totals(stack, site_env, redis, db):
     result = await import_log(site_env)
 
     assert result.returncode == 0, result.stderr
@@ -59,6 +59,20 @@ async def test_import_real_log_gives_known_totals(stack, site_env, redis):
     assert {k: overview[k] for k in EXPECTED_OVERVIEW} == EXPECTED_OVERVIEW
     assert overview["pageviews"] + overview["bot_pageviews"] == 4173
     assert overview["freshness"]["stale"] is False
+    assert await derived_totals(db) == {"pageviews": 1777, "bot_pageviews": 2396, "sessions": 1126, "visitors": 1005,
+                                        "hourly_pageviews": 1777, "fingerprints": 1126, "fingerprint_pageviews": 1777}
+
+
+async def derived_totals(db) -> dict:
+    """Totals read from the rollups and fingerprints, which must equal those counted from raw_events."""
+    daily = {r["metric_name"]: r["total"] for r in await db.fetch(
+        "SELECT metric_name, sum(value) AS total FROM daily_metrics WHERE dimension_key IS NULL GROUP BY 1")}
+    hourly = await db.fetchval("SELECT sum(value) FROM aggregated_metrics WHERE metric_name = 'pageviews' "
+                               "AND dimension_key IS NULL")
+    sessions = await db.fetchrow("SELECT count(*) AS n, sum(pageviews) AS pv FROM session_fingerprints WHERE NOT is_bot")
+    return {"pageviews": daily["pageviews"], "bot_pageviews": daily["bot_pageviews"], "sessions": daily["sessions"],
+            "visitors": daily["visitors"], "hourly_pageviews": hourly, "fingerprints": sessions["n"],
+            "fingerprint_pageviews": sessions["pv"]}
 
 
 async def test_import_twice_changes_no_number(stack, site_env, redis, db):
@@ -73,6 +87,7 @@ async def test_import_twice_changes_no_number(stack, site_env, redis, db):
     assert first.returncode == second.returncode == 0
     assert {k: after[k] for k in EXPECTED_OVERVIEW} == {k: before[k] for k in EXPECTED_OVERVIEW} == EXPECTED_OVERVIEW
     assert await db.fetchval("SELECT count(*) FROM raw_events") == 4173
+    assert (await derived_totals(db))["sessions"] == 1126
 
 
 async def test_import_unknown_site_exits_with_one_line(stack):

@@ -1,0 +1,71 @@
+"""The rollup sinks: add signed counts to aggregated_metrics and daily_metrics, count new visitors.
+
+Counts are added (`value = value + EXCLUDED.value`) in the transaction that inserted the events
+they come from. Rows are written in key order, so concurrent batches lock them in the same
+order and cannot deadlock on them. A zero net change writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+
+import asyncpg
+
+from streams.rollup import DAILY, HOURLY, RollupKey
+
+_UPSERT_HOURLY = """
+INSERT INTO aggregated_metrics AS m (site, bucket, granularity, metric_name, dimension_key, dimension_value, value)
+SELECT $1, u.bucket, $2, u.metric_name, u.dimension_key, u.dimension_value, u.value
+  FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+       WITH ORDINALITY AS u(bucket, metric_name, dimension_key, dimension_value, value, position)
+ ORDER BY u.position
+ON CONFLICT (site, bucket, granularity, metric_name, dimension_key, dimension_value)
+DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
+"""
+
+_UPSERT_DAILY = """
+INSERT INTO daily_metrics AS m (site, date, metric_name, dimension_key, dimension_value, value)
+SELECT $1, u.day, u.metric_name, u.dimension_key, u.dimension_value, u.value
+  FROM unnest($2::date[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+       WITH ORDINALITY AS u(day, metric_name, dimension_key, dimension_value, value, position)
+ ORDER BY u.position
+ON CONFLICT (site, date, metric_name, dimension_key, dimension_value)
+DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
+"""
+
+_NEW_VISITORS = """
+INSERT INTO daily_visitors (site, date, visitor_id)
+SELECT $1, u.day, u.visitor_id FROM unnest($2::date[], $3::text[]) AS u(day, visitor_id)
+ ORDER BY u.day, u.visitor_id
+ON CONFLICT DO NOTHING
+RETURNING date, visitor_id
+"""
+
+
+def _sort_key(key: RollupKey) -> tuple:
+    return (key.bucket, key.metric, key.dimension_key or "", key.dimension_value or "", key.dimension_key is None)
+
+
+async def write_rollups(conn: asyncpg.Connection, site: str, counts: Counter) -> tuple[int, int]:
+    """Add `counts` to the site's rollup rows; return the (hourly, daily) rows written."""
+    hourly = sorted((k for k, v in counts.items() if v and k.granularity == HOURLY), key=_sort_key)
+    daily = sorted((k for k, v in counts.items() if v and k.granularity == DAILY), key=_sort_key)
+    if hourly:
+        await conn.execute(_UPSERT_HOURLY, site, HOURLY, [k.bucket for k in hourly], [k.metric for k in hourly],
+                           [k.dimension_key for k in hourly], [k.dimension_value for k in hourly],
+                           [counts[k] for k in hourly])
+    if daily:
+        await conn.execute(_UPSERT_DAILY, site, [k.bucket for k in daily], [k.metric for k in daily],
+                           [k.dimension_key for k in daily], [k.dimension_value for k in daily],
+                           [counts[k] for k in daily])
+    return len(hourly), len(daily)
+
+
+async def record_visitors(conn: asyncpg.Connection, site: str, visits: set[tuple[date, str]]) -> set[tuple[date, str]]:
+    """Store (local date, visitor id) pairs; return the pairs not stored before."""
+    if not visits:
+        return set()
+    ordered = sorted(visits)
+    rows = await conn.fetch(_NEW_VISITORS, site, [v[0] for v in ordered], [v[1] for v in ordered])
+    return {(row["date"], row["visitor_id"]) for row in rows}
