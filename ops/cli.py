@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="another host name of the same site, e.g. www.example.com; repeatable")
     site_commands.add_parser("list", help="list the sites")
 
+    dlq = commands.add_parser("dlq", help="inspect and requeue entries parked in the dead-letter stream")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_commands.add_parser("list", help="print dead-lettered entries with their errors, oldest first")
+    dlq_list.add_argument("--limit", type=int, default=100, help="most entries to print (default 100)")
+    dlq_list.add_argument("--json", action="store_true", help="print one JSON object per line")
+    dlq_requeue = dlq_commands.add_parser("requeue", help="move entries back to the event stream to be processed again")
+    dlq_requeue.add_argument("entry_ids", nargs="*", metavar="ENTRY_ID", help="dead-letter entry ids to requeue")
+    dlq_requeue.add_argument("--all", action="store_true", help="requeue every dead-lettered entry")
+
     imports = commands.add_parser("import-logs", help="import Apache/nginx access logs (plain or gzip) as pageviews")
     imports.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log files to read, in order")
     imports.add_argument("--site", required=True, help="domain of the site the logs belong to")
@@ -107,6 +116,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "schema": commands.schema,
         "site": commands.site,
         "import-logs": commands.import_logs,
+        "dlq": commands.dead_letters,
     }[args.command]
     return await handler(args)
 

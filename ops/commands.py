@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -21,6 +22,8 @@ from sinks.guard import run_guard, schema_sql
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
+from streams.dead_letter import list_dead_letters, requeue
+from streams.keys import DEAD_LETTER_STREAM
 from streams.sites import SiteDirectory
 from weir.logs import configure_logging
 from weir.settings import load_settings
@@ -166,3 +169,36 @@ async def import_logs(args: argparse.Namespace) -> int:
         print(f"timestamps shifted by {shift.days} days", file=sys.stderr)
     print(summary.line())
     return 0
+
+
+async def dead_letters(args: argparse.Namespace) -> int:
+    settings = load_settings(StreamToolSettings)
+    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        if args.dlq_command == "list":
+            letters = await list_dead_letters(redis, DEAD_LETTER_STREAM, args.limit)
+            for letter in letters:
+                if args.json:
+                    print(orjson.dumps({"entry_id": letter.entry_id, "original_entry_id": letter.original_entry_id,
+                                        "stream": letter.stream, "deliveries": letter.deliveries,
+                                        "dead_lettered_at_ms": letter.dead_lettered_at_ms,
+                                        "error": letter.error}).decode())
+                else:
+                    print(f"{letter.entry_id}\tfrom {letter.stream} {letter.original_entry_id}\t"
+                          f"deliveries {letter.deliveries}\t{letter.error}")
+            if not args.json:
+                print(f"{len(letters)} dead-lettered entr{'y' if len(letters) == 1 else 'ies'} in {DEAD_LETTER_STREAM}")
+            return 0
+
+        if not args.all and not args.entry_ids:
+            raise CommandError("name the entries to requeue (ENTRY_ID ...) or pass --all")
+        try:
+            new_ids = await requeue(redis, DEAD_LETTER_STREAM, None if args.all else args.entry_ids)
+        except KeyError as error:
+            raise CommandError(f"{error.args[0]}; list them with `weir dlq list`") from None
+        print(f"requeued {len(new_ids)} entr{'y' if len(new_ids) == 1 else 'ies'}")
+        return 0
+    except RedisError as error:
+        raise CommandError(f"Redis at REDIS_URL failed: {error}") from None
+    finally:
+        await redis.aclose()

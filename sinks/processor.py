@@ -37,6 +37,7 @@ from streams.enrich import enrich
 from streams.event import decode_entry
 from streams.keys import DEAD_LETTER_STREAM, EVENTS_STREAM, PROCESSOR_GROUP
 from streams.sites import SiteDirectory
+from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ MAINTENANCE_INTERVAL_S = 3600.0
 DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics", "daily_visitors")
 """Derived tables written in every batch transaction; their freshness is recorded with raw_events'."""
 GAUGE_INTERVAL_S = 5.0
+TRIM_INTERVAL_S = 60.0
 
 
 class Processor:
@@ -161,10 +163,13 @@ class Processor:
             await asyncio.gather(maintenance, return_exceptions=True)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
-        next_retention = 0.0
+        next_retention = next_trim = 0.0
         while not stopping.is_set():
             try:
                 await self._update_gauges()
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + TRIM_INTERVAL_S
+                    await trim_stream(self.redis, self.stream, self.settings.STREAM_KEEP_S)
                 if self.partitioned and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + MAINTENANCE_INTERVAL_S
                     async with self.pool.acquire() as conn:

@@ -21,4 +21,5 @@ class ProcessorSettings(ServiceSettings):
     MAX_DELIVERIES: int = Field(5, ge=1, description="deliveries of a failing entry before it goes to the dead-letter stream")
     RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept; older partitions or chunks are dropped")
     TIMESCALEDB: Literal["auto", "on", "off"] = Field("auto", description="use TimescaleDB hypertables: auto (when available), on, off")
+    STREAM_KEEP_S: int = Field(3600, ge=0, description="seconds of acknowledged entries kept in the stream for `weir replay stream`")
     CONSUMER_NAME: str = Field("", description="consumer name prefix in the group; default host name and process id")
