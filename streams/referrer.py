@@ -63,14 +63,17 @@ REFERRAL = "referral"
 CPC = "cpc"
 MEDIUM_NOT_SET = "(not set)"
 
-# Distinct referrer hosts kept in the classification cache. An entry costs an
-# estimated 300 bytes, so a full cache takes about 6 MB.
+# Distinct (referrer, site hosts) pairs, and distinct referrer hosts, kept in
+# the two classification caches. A distinct referrer costs about 370 bytes in
+# them plus the referrer string (measured with tracemalloc on CPython 3.11 over
+# the 628 distinct referrers of the test access log), so full caches take an
+# estimated 10 MB.
 CACHE_SIZE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
 class Referral:
-    """Where a visit came from: a source name, a medium, and the referrer's host when it had one."""
+    """The origin of a visit: a source name, a medium, and the referrer's host when it had one."""
 
     source: str | None
     medium: str
@@ -80,7 +83,7 @@ class Referral:
 NO_REFERRER = Referral(source=None, medium=DIRECT, referrer_host=None)
 
 # A domain matches itself and every subdomain ("search.yahoo.com" matches
-# "uk.search.yahoo.com"); the longest matching domain wins.
+# "uk.search.yahoo.com"). The most specific matching domain wins.
 SEARCH_ENGINES: dict[str, tuple[str, ...]] = {
     "Bing": ("bing.com",),
     "DuckDuckGo": ("duckduckgo.com",),
@@ -143,7 +146,7 @@ SOCIAL_NETWORKS: dict[str, tuple[str, ...]] = {
     "LINE": ("line.me",),
     "Flickr": ("flickr.com",),
     "Nextdoor": ("nextdoor.com",),
-    # The largest instances. Other instances are found by MASTODON_HOST_PREFIXES.
+    # Well-known instances. Others are found by MASTODON_HOST_PREFIXES.
     "Mastodon": (
         "mastodon.social",
         "mastodon.online",
@@ -265,7 +268,7 @@ def _index_domains() -> dict[str, tuple[str, str]]:
         for name, domains in table.items():
             for domain in domains:
                 if domain in index:
-                    raise ValueError(f"referrer domain {domain!r} is listed twice")
+                    raise ValueError(f"referrer domain {domain!r} is listed twice. Keep one entry.")
                 index[domain] = (name, medium)
     return index
 

@@ -30,13 +30,13 @@ CLICK_ID_PARAMS: tuple[str, ...] = (
     "yclid",  # Yandex Direct
 )
 
-_WANTED = frozenset(UTM_PARAMS + CLICK_ID_PARAMS)
+_CAMPAIGN_PARAM_NAMES = frozenset(UTM_PARAMS + CLICK_ID_PARAMS)
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
 class UtmParams:
-    """The campaign parameters of one URL; a field is None when the URL lacks it or it is empty."""
+    """The campaign parameters of one URL, each field None when the URL lacks it or it is empty."""
 
     source: str | None = None
     medium: str | None = None
@@ -75,7 +75,7 @@ def parse_utm(url: str | None) -> UtmParams:
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
         name = _decode_form(name).strip().lower()
-        if name not in _WANTED or name in found:
+        if name not in _CAMPAIGN_PARAM_NAMES or name in found:
             continue
         value = _decode_form(value).strip()
         if value:
@@ -116,7 +116,7 @@ def _query_of(url: str) -> str:
     try:
         return urlsplit(url).query
     except ValueError:
-        # urlsplit rejects a malformed IPv6 host; the query is still after the first "?".
+        # urlsplit rejects a malformed IPv6 host, but the query still follows the first "?".
         return url.split("?", 1)[1].split("#", 1)[0]
 
 
