@@ -36,6 +36,7 @@ from streams.consumer import Entry, StreamConsumer
 from streams.enrich import enrich
 from streams.event import decode_entry
 from streams.keys import DEAD_LETTER_STREAM, EVENTS_STREAM, PROCESSOR_GROUP
+from streams.live import LiveRecorder
 from streams.sites import SiteDirectory
 from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
@@ -47,6 +48,8 @@ DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics",
 """Derived tables written in every batch transaction; their freshness is recorded with raw_events'."""
 GAUGE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 60.0
+START_TIMEOUT_S = 60.0
+START_RETRY_S = 1.0
 
 
 class Processor:
@@ -66,12 +69,33 @@ class Processor:
         self.consumer_names = [f"{prefix}-{i}" for i in range(settings.CONCURRENCY)]
 
     async def start(self) -> None:
-        """Open connections, run the schema guard, publish the sites and create the group."""
+        """Open connections, run the schema guard, publish the sites and create the group.
+
+        Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, as
+        happens when every service of a deployment starts at once; then raises the last error.
+        """
+        deadline = time.monotonic() + START_TIMEOUT_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._start_once()
+            except Exception as error:
+                await self.close()
+                if not is_transient(error) or time.monotonic() > deadline:
+                    raise
+                logger.warning("processor start failed attempt=%d error=%r; retrying in %.0fs", attempt, error,
+                               START_RETRY_S)
+                await asyncio.sleep(START_RETRY_S)
+
+    async def _start_once(self) -> None:
         self.redis = Redis.from_url(self.settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5)
+        self.live = LiveRecorder(self.redis)
         self.pool = await asyncpg.create_pool(self.settings.DATABASE_URL, min_size=1,
                                               max_size=self.settings.CONCURRENCY + 2, command_timeout=120)
         async with self.pool.acquire() as conn:
-            plan = await run_guard(conn, timescaledb=self.settings.TIMESCALEDB)
+            plan = await run_guard(conn, timescaledb=self.settings.TIMESCALEDB,
+                                   retention_days=self.settings.RETENTION_DAYS)
             self.partitioned = not plan.use_timescaledb and await _is_partitioned(conn, "raw_events")
             await publish_sites(conn, SiteDirectory(self.redis))
         await self._consumer(self.consumer_names[0]).ensure_group()
@@ -79,8 +103,10 @@ class Processor:
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+            self.pool = None
         if self.redis is not None:
             await self.redis.aclose()
+            self.redis = None
 
     def _consumer(self, name: str) -> StreamConsumer:
         return StreamConsumer(self.redis, self.stream, self.group, name, DEAD_LETTER_STREAM)
@@ -120,6 +146,8 @@ class Processor:
         logger.debug("batch committed entries=%d events=%d inserted=%d first_entry_id=%s elapsed_ms=%.1f",
                      len(entries), len(events), len(inserted), entries[0].entry_id,
                      (time.perf_counter() - started) * 1000)
+        # Only the newly inserted events reach the live counters, so a replayed event never counts twice.
+        await self.live.record(events, [x.is_bot for x in enrichments], inserted)
 
     async def _write_derived(self, conn: asyncpg.Connection, batch: list[StoredEvent], enrichments,
                              inserted: set, renames: dict[str, dict[str, str]]) -> int:
@@ -173,7 +201,7 @@ class Processor:
                 if self.partitioned and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + MAINTENANCE_INTERVAL_S
                     async with self.pool.acquire() as conn:
-                        dropped = await self.partitions.drop_older_than(conn, self.settings.RETENTION_DAYS)
+                        dropped = await self.partitions.maintain(conn, self.settings.RETENTION_DAYS)
                     sink_metrics.PARTITIONS_DROPPED.labels("raw_events").inc(len(dropped))
             except asyncio.CancelledError:
                 raise

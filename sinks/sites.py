@@ -75,13 +75,12 @@ class SiteCache:
 
     async def get(self, conn: asyncpg.Connection, domain: str) -> Site:
         """Return the site `domain`; one that is not in the table counts in UTC with no aliases."""
-        stale = time.monotonic() - self._loaded_at > self._ttl_s
-        if stale or domain not in self._sites:
+        if time.monotonic() - self._loaded_at > self._ttl_s or domain not in self._sites:
             self._sites = {site.domain: site for site in await load_sites(conn)}
             self._loaded_at = time.monotonic()
         site = self._sites.get(domain)
         if site is None:
             # The collector accepts only known sites, so this is a site deleted since; keep its events.
             logger.warning("events for a site missing from the sites table site=%s; counting in UTC", domain)
-            return Site(domain, "UTC")
+            site = self._sites[domain] = Site(domain, "UTC")
         return site

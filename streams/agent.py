@@ -90,10 +90,23 @@ class AgentRunner:
                 logger.warning("stream read failed agent=%s stream=%s error=%r; retrying in %.1fs", self.spec.name,
                                self.consumer.stream, error, self.options.retry_backoff_s)
                 await _sleep_unless(stopping, self.options.retry_backoff_s)
+                await self._recreate_lost_group(error)
                 continue
             if entries:
                 await self.process(entries, stopping)
         logger.info("agent stopped agent=%s consumer=%s", self.spec.name, self.consumer.consumer)
+
+    async def _recreate_lost_group(self, error: Exception) -> None:
+        """Create the group again after a Redis that lost its data (no persistence) came back."""
+        if "NOGROUP" not in str(error):
+            return
+        try:
+            await self.consumer.ensure_group()
+            logger.error("consumer group was missing and is created again stream=%s group=%s; entries added "
+                         "while Redis had no group are read from the start of the stream",
+                         self.consumer.stream, self.consumer.group)
+        except Exception as retry_error:  # noqa: BLE001 - the next read reports it again
+            logger.warning("could not create consumer group group=%s error=%r", self.consumer.group, retry_error)
 
     async def _next_batch(self) -> list[Entry]:
         if self._retrying:
@@ -148,7 +161,16 @@ class AgentRunner:
                 await self._keep_claimed(live)
 
         # Step 3: acknowledge what was committed; shielded so a cancellation cannot skip it.
-        await asyncio.shield(self.consumer.ack([e.entry_id for e in live]))
+        try:
+            await asyncio.shield(self.consumer.ack([e.entry_id for e in live]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - unacknowledged entries come back and are skipped as stored
+            logger.warning("acknowledge failed after commit agent=%s stream=%s entries=%d first_entry_id=%s "
+                           "error=%r; the entries will be redelivered and skipped as duplicates", self.spec.name,
+                           self.consumer.stream, len(live), live[0].entry_id, error)
+            await _sleep_unless(stopping, self.options.retry_backoff_s)
+            return
         for entry in live:
             self._last_errors.pop(entry.entry_id, None)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
@@ -178,7 +200,13 @@ class AgentRunner:
             self._isolate = len(live) > 1 or self._isolate
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
-        await asyncio.shield(self.consumer.dead_letter(entry, reason))
+        try:
+            await asyncio.shield(self.consumer.dead_letter(entry, reason))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the entry stays pending and is parked on a later delivery
+            logger.warning("dead-lettering failed entry_id=%s error=%r; the entry stays pending", entry.entry_id, error)
+            return
         metrics.ENTRIES_DEAD_LETTERED.labels(self.consumer.stream).inc()
 
 

@@ -31,7 +31,7 @@ from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP
 
 PG_ADMIN_URL = os.environ.get("WEIR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("WEIR_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_TEST_DB = 9
+REDIS_TEST_DB = int(os.environ.get("WEIR_TEST_REDIS_DB", "9"))
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 API_KEY = "test-key"

@@ -1,0 +1,186 @@
+"""Restarting Redis (append-only file on) or PostgreSQL under load loses and doubles nothing.
+
+Each test starts its own server on a free port and restarts only that one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ops.embedded import ensure_servers, stop_embedded
+from ops.importer import LogImporter, newest_time, shift_for
+from streams.sites import Site, SiteDirectory
+from tests.conftest import DATA, REPO, free_port, service_env, wait_until_processed, weir_command
+
+LOG = DATA / "access-logs" / "apache_combined.log"
+SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
+TRUTH = {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "fingerprints": 1126, "daily_pageviews": 1777}
+
+
+async def totals(conn: asyncpg.Connection) -> dict:
+    row = await conn.fetchrow("""
+        SELECT (SELECT count(*) FROM raw_events) AS rows,
+               (SELECT count(*) FROM raw_events WHERE NOT is_bot) AS human,
+               (SELECT count(DISTINCT visitor_id) FROM raw_events WHERE NOT is_bot) AS visitors,
+               (SELECT count(DISTINCT session_id) FROM raw_events WHERE NOT is_bot) AS sessions,
+               (SELECT count(*) FROM session_fingerprints WHERE NOT is_bot) AS fingerprints,
+               (SELECT sum(value) FROM daily_metrics WHERE metric_name = 'pageviews' AND dimension_key IS NULL)
+                   AS daily_pageviews""")
+    return dict(row)
+
+
+async def import_with_retries(redis_url: str, attempts: int = 60) -> None:
+    """Import the log, starting over after a Redis failure; ids make the repeats harmless."""
+    for attempt in range(attempts):
+        redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=1)
+        try:
+            await SiteDirectory(redis).publish([SITE])
+            importer = LogImporter(redis, SITE, shift=shift_for(newest_time([LOG], "combined")), progress=None)
+            await importer.import_files([LOG])
+            return
+        except (RedisError, OSError):
+            await asyncio.sleep(0.5)
+        finally:
+            await redis.aclose()
+    raise AssertionError("the import never completed")
+
+
+def start_processor(env: dict, log_path) -> subprocess.Popen:
+    return subprocess.Popen(weir_command("processor"), cwd=REPO, env=env, stdout=open(log_path, "ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def stop_processor(process: subprocess.Popen, log_path) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, log_path.read_text()[-3000:]
+
+
+def start_redis(port: int, data_dir) -> subprocess.Popen:
+    return subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_for_redis(url: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        for _ in range(100):
+            try:
+                await client.ping()
+                return
+            except RedisError:
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    raise AssertionError(f"Redis at {url} did not start")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+async def test_redis_restart_under_load_loses_nothing(database_url, db, tmp_path):
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(port, tmp_path)
+    processor = None
+    try:
+        await wait_for_redis(redis_url)
+        env = service_env(database_url, redis_url, CONCURRENCY="2", BATCH_SIZE="1", METRICS_PORT="0",
+                          RECLAIM_IDLE_MS="1000")
+        processor = start_processor(env, tmp_path / "processor.log")
+        await _wait_for_group(redis_url)
+        load = asyncio.create_task(import_with_retries(redis_url))
+        await _wait_for_some_rows(database_url)
+
+        # A clean restart: SHUTDOWN writes the append-only file, and the server reloads it.
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        await asyncio.sleep(0.5)
+        server = start_redis(port, tmp_path)
+        await wait_for_redis(redis_url)
+        await asyncio.wait_for(load, 120)
+
+        client = Redis.from_url(redis_url)
+        try:
+            await wait_until_processed(client, timeout_s=120)
+        finally:
+            await client.aclose()
+        stop_processor(processor, tmp_path / "processor.log")
+        processor = None
+    finally:
+        if processor is not None and processor.poll() is None:
+            processor.kill()
+        server.terminate()
+        server.wait(30)
+
+    assert await totals(db) == TRUTH
+
+
+async def test_postgres_restart_under_load_loses_nothing(redis_url, redis, tmp_path):
+    data_dir = tmp_path / "pg"
+    servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=free_port())
+    database_url = servers.database_url
+    processor = None
+    try:
+        env = service_env(database_url, redis_url, CONCURRENCY="2", BATCH_SIZE="1", METRICS_PORT="0")
+        processor = start_processor(env, tmp_path / "processor.log")
+        await import_with_retries(redis_url)
+        await _wait_for_some_rows(database_url)
+
+        port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+        await asyncio.to_thread(stop_embedded, data_dir)
+        await asyncio.sleep(1.0)
+        servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=port)
+        assert servers.database_url == database_url
+
+        await wait_until_processed(redis, timeout_s=120)
+        stop_processor(processor, tmp_path / "processor.log")
+        processor = None
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            assert await totals(conn) == TRUTH
+        finally:
+            await conn.close()
+        log = (tmp_path / "processor.log").read_text()
+        assert "retrying in place" in log
+    finally:
+        if processor is not None and processor.poll() is None:
+            processor.kill()
+        await asyncio.to_thread(stop_embedded, data_dir)
+
+
+async def _wait_for_group(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        for _ in range(300):
+            if await client.exists("weir:events") and await client.xinfo_groups("weir:events"):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    raise AssertionError("the processor did not create its consumer group")
+
+
+async def _wait_for_some_rows(database_url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = await asyncpg.connect(database_url)
+            try:
+                if await conn.fetchval("SELECT to_regclass('raw_events') IS NOT NULL") and \
+                        await conn.fetchval("SELECT count(*) FROM raw_events") > 300:
+                    return
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("no rows arrived before the restart")
