@@ -33,7 +33,9 @@ from streams import metrics as stream_metrics
 from streams.agent import AgentOptions, AgentRunner, AgentSpec
 from streams.bots import BotDetector
 from streams.consumer import Entry, StreamConsumer
-from streams.enrich import enrich
+from streams.enrich import Enricher
+from streams.geo import GeoLookup
+from streams.network import NetworkLookup
 from streams.event import decode_entry
 from streams.keys import DEAD_LETTER_STREAM, EVENTS_STREAM, PROCESSOR_GROUP
 from streams.live import LiveRecorder
@@ -61,7 +63,11 @@ class Processor:
         self.group = group
         self.redis: Redis | None = None
         self.pool: asyncpg.Pool | None = None
-        self.bots = BotDetector()
+        self.enricher = Enricher(
+            BotDetector(),
+            GeoLookup(settings.GEO_MMDB_PATH or None),
+            NetworkLookup(settings.ASN_MMDB_PATH or None),
+        )
         self.partitions = PartitionManager("raw_events")
         self.sites = SiteCache()
         self.partitioned = True
@@ -119,7 +125,7 @@ class Processor:
             return
 
         # Step 2: enrich; pure and per event.
-        enrichments = [enrich(e, self.bots) for e in events]
+        enrichments = [self.enricher.enrich(e) for e in events]
 
         # Step 3: in one transaction, assign sessions, write raw events and what derives from them.
         started = time.perf_counter()

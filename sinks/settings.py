@@ -22,4 +22,6 @@ class ProcessorSettings(ServiceSettings):
     RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept; older partitions or chunks are dropped")
     TIMESCALEDB: Literal["auto", "on", "off"] = Field("auto", description="use TimescaleDB hypertables: auto (when available), on, off")
     STREAM_KEEP_S: int = Field(3600, ge=0, description="seconds of acknowledged entries kept in the stream for `weir replay stream`")
+    GEO_MMDB_PATH: str = Field("", description="a GeoLite2/GeoIP2 City or Country .mmdb file; default the bundled plevin data")
+    ASN_MMDB_PATH: str = Field("", description="a GeoLite2 ASN (or IPinfo/DB-IP) .mmdb file; default the bundled plevin data")
     CONSUMER_NAME: str = Field("", description="consumer name prefix in the group; default host name and process id")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from streams.event import PAGEVIEW
-from streams.referrer import Referral, classify_referrer
+from streams.referrer import DIRECT, INTERNAL, Referral, classify_referrer
 from streams.useragent import UserAgent, parse_user_agent
 from streams.utm import display_utm, parse_utm
 
@@ -157,6 +157,10 @@ def describe(fingerprint: Fingerprint, site_hosts: tuple[str, ...]) -> dict:
     utm = parse_utm(fingerprint.entry.url)
     referral: Referral = classify_referrer(fingerprint.entry.referrer, site_hosts, utm_source=utm.source,
                                            utm_medium=utm.medium, click_id_name=utm.click_id_name)
+    if referral.medium == INTERNAL:
+        # A session that enters from the site's own pages (its start lies beyond the gap) has no outside
+        # source; analytics tools count it as direct.
+        referral = Referral(source=None, medium=DIRECT, referrer_host=referral.referrer_host)
     agent: UserAgent = parse_user_agent(fingerprint.user_agent)
     network = fingerprint.network
     return {

@@ -59,8 +59,22 @@ async def test_import_real_log_gives_known_totals(stack, site_env, redis, db):
     assert {k: overview[k] for k in EXPECTED_OVERVIEW} == EXPECTED_OVERVIEW
     assert overview["pageviews"] + overview["bot_pageviews"] == 4173
     assert overview["freshness"]["stale"] is False
+    assert await breakdown(db, "medium") == {"direct": 539, "feed": 7, "referral": 148, "search": 430, "social": 2}
+    assert await breakdown(db, '"orgType"') == {"business": 15, "education": 77, "government": 7, "hosting": 207,
+                                               "isp": 730, "unknown": 90}
     assert await derived_totals(db) == {"pageviews": 1777, "bot_pageviews": 2396, "sessions": 1126, "visitors": 1005,
                                         "hourly_pageviews": 1777, "fingerprints": 1126, "fingerprint_pageviews": 1777}
+
+
+async def breakdown(db, column: str) -> dict:
+    """Human sessions per value of a fingerprint column, checked against the daily rollup of the same."""
+    rows = await db.fetch(f"SELECT {column} AS value, count(*) AS n FROM session_fingerprints WHERE NOT is_bot "
+                          "GROUP BY 1")
+    key = column.strip('"')
+    rolled = await db.fetch("SELECT dimension_value, sum(value) AS n FROM daily_metrics WHERE metric_name = 'sessions' "
+                            "AND dimension_key = $1 GROUP BY 1 HAVING sum(value) <> 0", key)
+    assert {r["dimension_value"]: r["n"] for r in rolled} == {r["value"] or "": r["n"] for r in rows}
+    return {r["value"]: r["n"] for r in rows}
 
 
 async def derived_totals(db) -> dict:
