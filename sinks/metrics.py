@@ -9,3 +9,5 @@ LAST_WRITE_SECONDS = Gauge("weir_table_last_write_timestamp_seconds", "Unix time
 LAG_SECONDS = Gauge("weir_table_lag_seconds", "How far the table's newest event is behind raw_events', seconds", ["table"])
 PARTITIONS_CREATED = Counter("weir_partitions_created", "Daily partitions created", ["table"])
 PARTITIONS_DROPPED = Counter("weir_partitions_dropped", "Daily partitions dropped by retention", ["table"])
+TABLE_STALE = Gauge("weir_table_stale", "1 while the table is stale (stopped moving while events wait), else 0", ["table"])
+STREAM_BACKLOG_AGE = Gauge("weir_stream_oldest_unacked_age_seconds", "Age of the oldest entry the group has not acknowledged")

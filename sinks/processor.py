@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from sinks import metrics as sink_metrics
 from sinks.derive import NewEvent, write_derived
 from sinks.errors import is_transient
-from sinks.freshness import record_write
+from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, record_write
 from sinks.guard import run_guard
 from sinks.partitions import PartitionManager
 from sinks.raw_events import StoredEvent, write_raw_events
@@ -30,6 +30,7 @@ from sinks.sessions import assign_sessions
 from sinks.settings import ProcessorSettings
 from sinks.sites import SiteCache, publish_sites
 from streams import metrics as stream_metrics
+from streams.backlog import read_backlog
 from streams.agent import AgentOptions, AgentRunner, AgentSpec
 from streams.bots import BotDetector
 from streams.consumer import Entry, StreamConsumer
@@ -70,6 +71,8 @@ class Processor:
         )
         self.partitions = PartitionManager("raw_events")
         self.sites = SiteCache()
+        self._failing_since: float | None = None
+        self.last_failure = ""
         self.partitioned = True
         prefix = settings.CONSUMER_NAME or f"{socket.gethostname()}-{os.getpid()}"
         self.consumer_names = [f"{prefix}-{i}" for i in range(settings.CONCURRENCY)]
@@ -143,7 +146,11 @@ class Processor:
                         await record_write(conn, table, newest, len(inserted) if table == "raw_events" else derived)
         except Exception as error:
             sink_metrics.WRITE_FAILURES.labels("raw_events", error.__class__.__name__).inc()
+            if self._failing_since is None:
+                self._failing_since = time.time()
+            self.last_failure = f"{error.__class__.__name__}: {error}"[:500]
             raise
+        self._failing_since = None
 
         # Step 4: count; the agent acknowledges after this returns.
         sink_metrics.ROWS_WRITTEN.labels("raw_events").inc(len(inserted))
@@ -225,6 +232,16 @@ class Processor:
         stream_metrics.STREAM_LAG.labels(self.stream, self.group).set(lag)
         stream_metrics.STREAM_PENDING.labels(self.stream, self.group).set(pending)
         stream_metrics.QUEUE_DEPTH.set(lag + pending)
+        freshness = await self.assess_freshness()
+        export_metrics(freshness)
+
+    async def assess_freshness(self) -> dict[str, TableFreshness]:
+        """Freshness of raw_events and every derived table, with the stream backlog."""
+        backlog = await read_backlog(self.redis, self.stream, self.group)
+        sink_metrics.STREAM_BACKLOG_AGE.set(backlog.oldest_age_s)
+        async with self.pool.acquire() as conn:
+            rows = await read_rows(conn)
+        return assess(rows, ["raw_events", *DERIVED_WRITES], backlog, self.settings.STALE_AFTER_S)
 
     def health_checks(self) -> HealthChecks:
         checks = HealthChecks()
@@ -237,9 +254,27 @@ class Processor:
             await self.pool.fetchval("SELECT 1")
             return "ok"
 
+        async def freshness_ok() -> str:
+            stale = [v.reason for v in (await self.assess_freshness()).values() if v.stale]
+            return "ok" if not stale else "stale: " + "; ".join(stale)
+
+        async def batches_ok() -> str:
+            failing = self.failing_since()
+            if failing is None:
+                return "ok"
+            return f"batches failing since {failing}: {self.last_failure}"
+
         checks.hard["redis"] = redis_ok
         checks.hard["database"] = database_ok
+        checks.soft["freshness"] = freshness_ok
+        checks.soft["batches"] = batches_ok
         return checks
+
+    def failing_since(self) -> str | None:
+        """When the current run of failed batches began (ISO time), or None after a success."""
+        if self._failing_since is None:
+            return None
+        return datetime.fromtimestamp(self._failing_since, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 async def _is_partitioned(conn: asyncpg.Connection, table: str) -> bool:

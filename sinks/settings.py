@@ -24,4 +24,5 @@ class ProcessorSettings(ServiceSettings):
     STREAM_KEEP_S: int = Field(3600, ge=0, description="seconds of acknowledged entries kept in the stream for `weir replay stream`")
     GEO_MMDB_PATH: str = Field("", description="a GeoLite2/GeoIP2 City or Country .mmdb file; default the bundled plevin data")
     ASN_MMDB_PATH: str = Field("", description="a GeoLite2 ASN (or IPinfo/DB-IP) .mmdb file; default the bundled plevin data")
+    STALE_AFTER_S: int = Field(300, ge=1, description="seconds a table may stop moving while events wait before /health turns degraded")
     CONSUMER_NAME: str = Field("", description="consumer name prefix in the group; default host name and process id")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import aiohttp
 import pytest
 
@@ -74,35 +76,37 @@ async def test_bad_parameters_name_the_parameter(stack, db, redis, params, statu
 
 
 async def test_overview_counts_in_site_timezone(stack, db, redis):
-    # 03:30 UTC on 2 March is still 1 March in New York (UTC-5).
+    # 03:30 UTC is still the previous day in New York (UTC-4 or UTC-5).
+    day = datetime.now(timezone.utc).date() - timedelta(days=10)
+    previous = day - timedelta(days=1)
     await add_site(stack, db, redis, Site("ny.example", "America/New_York"))
     await post_events(stack, [
-        {"site": "ny.example", "url": "https://ny.example/a", "timestamp": "2026-03-02T03:30:00Z"},
-        {"site": "ny.example", "url": "https://ny.example/b", "timestamp": "2026-03-02T03:40:00Z"},
-        {"site": "ny.example", "url": "https://ny.example/a", "timestamp": "2026-03-02T15:00:00Z"},
-        {"site": "ny.example", "type": "signup", "name": "signup", "timestamp": "2026-03-02T15:01:00Z"},
+        {"site": "ny.example", "url": "https://ny.example/a", "timestamp": f"{day}T03:30:00Z"},
+        {"site": "ny.example", "url": "https://ny.example/b", "timestamp": f"{day}T03:40:00Z"},
+        {"site": "ny.example", "url": "https://ny.example/a", "timestamp": f"{day}T15:00:00Z"},
+        {"site": "ny.example", "type": "signup", "name": "signup", "timestamp": f"{day}T15:01:00Z"},
     ])
     await wait_until_processed(redis)
 
-    _, march_1 = await get(stack, "/api/overview", {"site": "ny.example", "from": "2026-03-01", "to": "2026-03-01"})
-    _, march_2 = await get(stack, "/api/overview", {"site": "ny.example", "from": "2026-03-02", "to": "2026-03-02"})
-    _, pages = await get(stack, "/api/pages", {"site": "ny.example", "from": "2026-03-01", "to": "2026-03-02"})
+    _, local_previous = await get(stack, "/api/overview", {"site": "ny.example", "from": str(previous), "to": str(previous)})
+    _, local_day = await get(stack, "/api/overview", {"site": "ny.example", "from": str(day), "to": str(day)})
+    _, pages = await get(stack, "/api/pages", {"site": "ny.example", "from": str(previous), "to": str(day)})
 
-    assert (march_1["pageviews"], march_1["sessions"], march_1["visitors"]) == (2, 1, 1)
-    assert (march_2["pageviews"], march_2["events"], march_2["sessions"]) == (1, 1, 1)
-    assert march_1["bounce_rate"] == 0.0
+    assert (local_previous["pageviews"], local_previous["sessions"], local_previous["visitors"]) == (2, 1, 1)
+    assert (local_day["pageviews"], local_day["events"], local_day["sessions"]) == (1, 1, 1)
+    assert local_previous["bounce_rate"] == 0.0
     assert pages["data"] == [{"path": "/a", "pageviews": 2, "visitors": 1}, {"path": "/b", "pageviews": 1, "visitors": 1}]
     assert pages["freshness"]["tables"]["raw_events"]["stale"] is False
 
 
 async def test_bot_pageviews_are_kept_out_of_visitors(stack, db, redis):
     await add_site(stack, db, redis, Site("b.example", "UTC"))
-    await post_events(stack, [{"site": "b.example", "url": "https://b.example/", "timestamp": "2026-03-02T10:00:00Z"}],
-                      user_agent="Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
-    await post_events(stack, [{"site": "b.example", "url": "https://b.example/", "timestamp": "2026-03-02T10:00:00Z"}],
-                      user_agent="-")
+    day = datetime.now(timezone.utc).date() - timedelta(days=1)
+    event = {"site": "b.example", "url": "https://b.example/", "timestamp": f"{day}T10:00:00Z"}
+    await post_events(stack, [event], user_agent="Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
+    await post_events(stack, [event], user_agent="-")
     await wait_until_processed(redis)
 
-    _, overview = await get(stack, "/api/overview", {"site": "b.example", "from": "2026-03-02", "to": "2026-03-02"})
+    _, overview = await get(stack, "/api/overview", {"site": "b.example", "from": str(day), "to": str(day)})
 
     assert (overview["pageviews"], overview["bot_pageviews"], overview["visitors"], overview["sessions"]) == (0, 2, 0, 0)
