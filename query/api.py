@@ -1,11 +1,16 @@
-"""The query API: reports over the stored events, behind API keys, with freshness on every answer."""
+"""The query API: reports over the stored events, behind API keys, with freshness on every answer.
+
+Every report takes the site, a period in the site's time zone (or `tz`), optional filters and
+`compare=previous`, and answers JSON (or CSV with `format=csv`). Answers are cached in Redis for
+CACHE_TTL_S under a key of the normalised query.
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -13,10 +18,19 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from query import reports
+from query.cache import cache_key, cached, store
+from query.dashboard import add_dashboard_routes
+from query.dimensions import AUDIENCE, NETWORK, TRAFFIC
+from query.export import to_csv
+from query.filters import parse_filters
 from query.freshness import freshness_of
 from query.metrics import API_LATENCY, API_REQUESTS
-from query.params import BadRequest, check_known, parse_limit, parse_offset, parse_range
+from query.openapi import openapi_document
+from query.params import BadRequest, check_known, parse_limit, parse_offset
+from query.period import parse_interval, parse_period
+from query.scope import Scope
 from query.settings import ApiSettings
+from query.timeseries import timeseries
 from sinks.sites import get_site, load_sites
 from weir.health import HealthChecks, add_health_routes
 
@@ -25,7 +39,9 @@ logger = logging.getLogger(__name__)
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
 REDIS_KEY = web.AppKey("redis", Redis)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/api/openapi.json"})
+COMMON = {"site", "period", "from", "to", "tz", "compare", "filter", "format"}
+LISTS = {"limit", "offset"}
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -59,9 +75,11 @@ def key_is_valid(presented: str | None, keys: frozenset[str]) -> bool:
 @web.middleware
 async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
-    endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
     try:
-        if request.path.startswith("/api/") and not key_is_valid(_presented_key(request), request.app[SETTINGS_KEY].api_keys()):
+        needs_key = request.path.startswith("/api/") and request.path not in PUBLIC_PATHS
+        if needs_key and not key_is_valid(_presented_key(request), request.app[SETTINGS_KEY].api_keys()):
             response = error_response(401, "missing or invalid API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")
         else:
             response = await handler(request)
@@ -72,54 +90,118 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         logger.exception("API request failed method=%s path=%s", request.method, request.path)
         response = error_response(500, "internal error while answering; the server log has the details")
-    if request.path not in PUBLIC_PATHS:
+    if request.path not in ("/health", "/metrics"):
         API_REQUESTS.labels(endpoint, str(response.status)).inc()
         API_LATENCY.observe(time.perf_counter() - started)
     return response
 
 
-async def _site_and_range(request: web.Request, conn: asyncpg.Connection, allowed: set[str]):
-    check_known(request, allowed)
-    domain = request.query.get("site")
-    if not domain:
-        raise BadRequest("missing parameter 'site': give the site's domain, e.g. site=example.com", parameter="site")
-    site = await get_site(conn, domain)
-    if site is None:
-        raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
-    return site, parse_range(request, site.timezone)
+Report = Callable[[web.Request, asyncpg.Connection, Scope], Awaitable[tuple[dict | list, list[str]]]]
 
 
-async def _answer(request: web.Request, conn: asyncpg.Connection, site, period, tables: list[str],
-                  data: dict | list) -> web.Response:
-    """Wrap `data` with the site, the range and the freshness of `tables`.
+def report(allowed: set[str], compute: Report, comparable: bool = False):
+    """Wrap `compute` with parameter checks, the cache, comparison, freshness and CSV."""
 
-    Totals (a dict) sit at the top level of the answer; rows (a list) sit under `data`.
-    """
+    async def handle(request: web.Request) -> web.Response:
+        check_known(request, COMMON | allowed)
+        output = request.query.get("format", "json")
+        if output not in ("json", "csv"):
+            raise BadRequest(f"unknown format={output!r}; use json or csv", parameter="format")
+        compare = request.query.get("compare")
+        if compare not in (None, "", "previous", "none"):
+            raise BadRequest(f"unknown compare={compare!r}; use previous", parameter="compare")
+
+        settings = request.app[SETTINGS_KEY]
+        redis = request.app[REDIS_KEY]
+        key = cache_key(request.path, list(request.query.items()))
+        body = await cached(redis, key)
+        if body is None:
+            body = orjson.dumps(await _compute(request, compute, comparable and compare == "previous"))
+            await store(redis, key, body, settings.CACHE_TTL_S)
+        if output == "csv":
+            answer = orjson.loads(body)
+            rows = answer.get("data") or [{k: v for k, v in answer.items() if not isinstance(v, (dict, list))}]
+            return web.Response(text=to_csv(rows), content_type="text/csv")
+        return web.Response(body=body, content_type="application/json")
+
+    return handle
+
+
+async def _compute(request: web.Request, compute: Report, with_comparison: bool) -> dict:
     settings = request.app[SETTINGS_KEY]
-    body = {"site": site.domain, "timezone": site.timezone, "from": period.first.isoformat(),
-            "to": period.last.isoformat()}
-    if isinstance(data, dict):
-        body.update(data)
-    else:
-        body["data"] = data
-    body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S)
-    return json_response(body)
-
-
-async def get_overview(request: web.Request) -> web.Response:
     async with request.app[POOL_KEY].acquire() as conn:
-        site, period = await _site_and_range(request, conn, {"site", "from", "to"})
-        data = await reports.overview(conn, site.domain, period)
-        return await _answer(request, conn, site, period, ["raw_events"], data)
+        domain = request.query.get("site")
+        if not domain:
+            raise BadRequest("missing parameter 'site': give the site's domain, e.g. site=example.com", parameter="site")
+        site = await get_site(conn, domain)
+        if site is None:
+            raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
+        tz = request.query.get("tz") or site.timezone
+        scope = Scope(site.domain, parse_period(request.query, tz), tuple(parse_filters(request.query)))
+
+        data, tables = await compute(request, conn, scope)
+        body: dict = {"site": site.domain, "timezone": tz, "from": scope.period.first.isoformat(),
+                      "to": scope.period.last.isoformat()}
+        if isinstance(data, dict):
+            body.update(data)
+        else:
+            body["data"] = data
+        if with_comparison:
+            previous = Scope(scope.site, scope.period.previous(), scope.filters)
+            earlier, _ = await compute(request, conn, previous)
+            body["comparison"] = {"from": previous.period.first.isoformat(), "to": previous.period.last.isoformat(),
+                                  **(earlier if isinstance(earlier, dict) else {"data": earlier})}
+        body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S)
+        return body
 
 
-async def get_pages(request: web.Request) -> web.Response:
-    async with request.app[POOL_KEY].acquire() as conn:
-        site, period = await _site_and_range(request, conn, {"site", "from", "to", "limit", "offset"})
-        limit = parse_limit(request)
-        offset = parse_offset(request)
-        data = await reports.top_pages(conn, site.domain, period, limit, offset)
-        return await _answer(request, conn, site, period, ["raw_events"], data)
+def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = request.query.get(name) or default
+    if value not in choices:
+        raise BadRequest(f"unknown {name}={value!r}; use one of {', '.join(choices)}", parameter=name)
+    return value
+
+
+async def _overview(request, conn, scope):
+    tables = ["daily_metrics", "daily_visitors"] if scope.uses_rollups else ["raw_events", "session_fingerprints"]
+    return await reports.overview(conn, scope), tables
+
+
+async def _timeseries(request, conn, scope):
+    interval = parse_interval(request.query, scope.period)
+    return await timeseries(conn, scope, interval), ["raw_events", "session_fingerprints"]
+
+
+async def _pages(request, conn, scope):
+    kind = _choice(request, "kind", ("top", "entry", "exit"), "top")
+    limit, offset = parse_limit(request), parse_offset(request)
+    if kind == "top":
+        return await reports.top_pages(conn, scope, limit, offset), ["raw_events"]
+    return await reports.session_pages(conn, scope, kind, limit, offset), ["session_fingerprints"]
+
+
+async def _events(request, conn, scope):
+    event = request.query.get("event")
+    breakdown = request.query.get("breakdown")
+    if breakdown is not None and not breakdown:
+        raise BadRequest("empty breakdown: name a property of the events, e.g. breakdown=plan", parameter="breakdown")
+    data = await reports.custom_events(conn, scope, event, breakdown, parse_limit(request), parse_offset(request))
+    return data, ["raw_events"]
+
+
+def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
+    async def compute(request, conn, scope):
+        dimension = _choice(request, "dimension", dimensions, default)
+        data = await reports.session_breakdown(conn, scope, dimension, parse_limit(request), parse_offset(request))
+        answer: dict = {"dimension": dimension, "data": data}
+        if extra is not None:
+            answer.update(await extra(conn, scope))
+        return answer, ["session_fingerprints"]
+    return compute
+
+
+async def _government(conn, scope) -> dict:
+    return {"government_share": await reports.government_share(conn, scope)}
 
 
 async def get_sites(request: web.Request) -> web.Response:
@@ -127,6 +209,10 @@ async def get_sites(request: web.Request) -> web.Response:
     async with request.app[POOL_KEY].acquire() as conn:
         sites = await load_sites(conn)
     return json_response({"data": [{"domain": s.domain, "timezone": s.timezone, "aliases": list(s.aliases)} for s in sites]})
+
+
+async def get_openapi(_request: web.Request) -> web.Response:
+    return json_response(openapi_document())
 
 
 def create_api_app(settings: ApiSettings) -> web.Application:
@@ -153,8 +239,15 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     checks.hard["redis"] = redis_ok
     checks.hard["database"] = database_ok
     app.cleanup_ctx.append(connections)
-    app.router.add_get("/api/overview", get_overview)
-    app.router.add_get("/api/pages", get_pages)
+    app.router.add_get("/api/overview", report(set(), _overview, comparable=True))
+    app.router.add_get("/api/timeseries", report({"interval"}, _timeseries, comparable=True))
+    app.router.add_get("/api/pages", report({"kind"} | LISTS, _pages))
+    app.router.add_get("/api/events", report({"event", "breakdown"} | LISTS, _events))
+    app.router.add_get("/api/traffic", report({"dimension"} | LISTS, _breakdown(TRAFFIC, "channel")))
+    app.router.add_get("/api/audience", report({"dimension"} | LISTS, _breakdown(AUDIENCE, "country")))
+    app.router.add_get("/api/network", report({"dimension"} | LISTS, _breakdown(NETWORK, "org_type", _government)))
     app.router.add_get("/api/sites", get_sites)
+    app.router.add_get("/api/openapi.json", get_openapi)
+    add_dashboard_routes(app)
     add_health_routes(app, checks)
     return app

@@ -1,14 +1,10 @@
-"""Query parameters of the API: the site, the date range in the site's time zone, and errors."""
+"""Query parameters of the API: checks of names and list bounds, and the error they raise."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date
 
 from aiohttp import web
-
-MAX_RANGE_DAYS = 3700
 
 
 class BadRequest(Exception):
@@ -18,24 +14,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.parameter = parameter
-
-
-@dataclass(frozen=True, slots=True)
-class DateRange:
-    """Whole days `first`..`last` in `timezone`, and the UTC instants that bound them."""
-
-    first: date
-    last: date
-    timezone: str
-
-    @property
-    def start(self) -> datetime:
-        return datetime.combine(self.first, time(), ZoneInfo(self.timezone))
-
-    @property
-    def end(self) -> datetime:
-        """The first instant after the range: midnight that starts the day after `last`."""
-        return datetime.combine(self.last + timedelta(days=1), time(), ZoneInfo(self.timezone))
 
 
 def check_known(request: web.Request, allowed: set[str]) -> None:
@@ -51,16 +29,6 @@ def parse_day(value: str | None, name: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise BadRequest(f"invalid {name}={value!r}: give a date as YYYY-MM-DD", parameter=name) from None
-
-
-def parse_range(request: web.Request, timezone: str) -> DateRange:
-    first = parse_day(request.query.get("from"), "from")
-    last = parse_day(request.query.get("to"), "to")
-    if last < first:
-        raise BadRequest(f"invalid range: to={last} is before from={first}", parameter="to")
-    if (last - first).days > MAX_RANGE_DAYS:
-        raise BadRequest(f"range of {(last - first).days} days is longer than {MAX_RANGE_DAYS}", parameter="to")
-    return DateRange(first, last, timezone)
 
 
 def parse_limit(request: web.Request, default: int = 10, maximum: int = 1000) -> int:

@@ -15,6 +15,7 @@ class ApiSettings(ServiceSettings):
     API_KEYS: str = Field(description="comma-separated API keys; a request needs one of them")
     PORT: int = Field(4002, description="TCP port of the API and dashboard")
     HOST: str = Field("0.0.0.0", description="address to listen on")
+    CACHE_TTL_S: int = Field(10, ge=0, description="seconds an answer stays in the Redis cache; 0 turns the cache off")
     STALE_AFTER_S: int = Field(300, ge=1, description="seconds a derived table may trail raw_events before answers warn")
 
     @field_validator("API_KEYS")

@@ -9,9 +9,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
-from sinks.guard import run_guard
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from sinks.sites import upsert_site
