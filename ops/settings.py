@@ -15,6 +15,7 @@ class DatabaseToolSettings(BaseSettings):
 
     DATABASE_URL: str = Field(description="PostgreSQL to check or change")
     TIMESCALEDB: Literal["auto", "on", "off"] = "auto"
+    RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept, as the processor's setting")
 
 
 class SiteToolSettings(BaseSettings):
@@ -32,3 +33,12 @@ class StreamToolSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     REDIS_URL: str
+
+
+class ReplaySettings(BaseSettings):
+    """Environment of `weir replay events`."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DATABASE_URL: str
+    BOT_PATTERNS_FILE: str = ""

@@ -14,12 +14,14 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from sinks import metrics as sink_metrics
+from sinks.archive import create_archive_runner
 from sinks.derive import NewEvent, write_derived
 from sinks.errors import is_transient
 from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, record_write
@@ -29,10 +31,11 @@ from sinks.raw_events import StoredEvent, write_raw_events
 from sinks.sessions import assign_sessions
 from sinks.settings import ProcessorSettings
 from sinks.sites import SiteCache, publish_sites
+from sinks.visitor_networks import record_networks
 from streams import metrics as stream_metrics
 from streams.backlog import read_backlog
 from streams.agent import AgentOptions, AgentRunner, AgentSpec
-from streams.bots import BotDetector
+from streams.bots import BotDetector, read_bot_patterns
 from streams.consumer import Entry, StreamConsumer
 from streams.enrich import Enricher
 from streams.geo import GeoLookup
@@ -55,6 +58,13 @@ START_TIMEOUT_S = 60.0
 START_RETRY_S = 1.0
 
 
+class BatchCounts(NamedTuple):
+    """Events in a handled batch, and how many of them were newly stored (the rest were stored already)."""
+
+    events: int
+    inserted: int
+
+
 class Processor:
     """Holds the connections of one processor process and handles its batches."""
 
@@ -65,7 +75,7 @@ class Processor:
         self.redis: Redis | None = None
         self.pool: asyncpg.Pool | None = None
         self.enricher = Enricher(
-            BotDetector(),
+            BotDetector(read_bot_patterns(settings.BOT_PATTERNS_FILE)),
             GeoLookup(settings.GEO_MMDB_PATH or None),
             NetworkLookup(settings.ASN_MMDB_PATH or None),
         )
@@ -120,12 +130,12 @@ class Processor:
     def _consumer(self, name: str) -> StreamConsumer:
         return StreamConsumer(self.redis, self.stream, self.group, name, DEAD_LETTER_STREAM)
 
-    async def handle_batch(self, entries: list[Entry]) -> None:
+    async def handle_batch(self, entries: list[Entry]) -> BatchCounts:
         """Decode, enrich, sessionize and commit one batch; raise to leave it pending."""
         # Step 1: decode; a malformed entry raises MalformedEntry and is dead-lettered alone.
         events = [event for entry in entries for event in decode_entry(entry.entry_id, entry.fields)]
         if not events:
-            return
+            return BatchCounts(0, 0)
 
         # Step 2: enrich; pure and per event.
         enrichments = [self.enricher.enrich(e) for e in events]
@@ -140,6 +150,8 @@ class Processor:
                     session_ids, renames = await assign_sessions(conn, events)
                     batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]
                     inserted = await write_raw_events(conn, batch)
+                    await record_networks(conn, ((e.site, e.visitor_id, x.network)
+                                                 for e, x in zip(events, enrichments) if x.network is not None))
                     derived = await self._write_derived(conn, batch, enrichments, inserted, renames)
                     newest = _utc(max(e.timestamp_ms for e in events))
                     for table in ("raw_events", *DERIVED_WRITES):
@@ -161,6 +173,7 @@ class Processor:
                      (time.perf_counter() - started) * 1000)
         # Only the newly inserted events reach the live counters, so a replayed event never counts twice.
         await self.live.record(events, [x.is_bot for x in enrichments], inserted)
+        return BatchCounts(len(events), len(inserted))
 
     async def _write_derived(self, conn: asyncpg.Connection, batch: list[StoredEvent], enrichments,
                              inserted: set, renames: dict[str, dict[str, str]]) -> int:
@@ -196,6 +209,9 @@ class Processor:
         )
         spec = AgentSpec("raw-events", self.handle_batch)
         runners = [AgentRunner(spec, self._consumer(name), options) for name in self.consumer_names]
+        if self.settings.ARCHIVE_URL:
+            runners.append(await create_archive_runner(self.redis, self.stream, self.settings.ARCHIVE_URL,
+                                                       self.consumer_names[0], options))
         maintenance = asyncio.create_task(self._maintain(stopping))
         try:
             await asyncio.gather(*(runner.run(stopping) for runner in runners))

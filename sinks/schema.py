@@ -42,6 +42,16 @@ class Index:
 
 
 @dataclass(frozen=True, slots=True)
+class Compression:
+    """TimescaleDB compression of a hypertable's chunks once they are `after_days` old."""
+
+    segment_by: tuple[str, ...]
+    order_by: tuple[str, ...]
+    """Column names (quoted as needed) with an optional DESC, as `timescaledb.compress_orderby` takes them."""
+    after_days: int
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
     name: str
     columns: tuple[Column, ...]
@@ -49,6 +59,10 @@ class Table:
     indexes: tuple[Index, ...] = ()
     partition_column: str | None = None
     """Range-partitioned by day on this column (plain PostgreSQL), or a hypertable (TimescaleDB)."""
+    retention: bool = False
+    """Whether rows older than RETENTION_DAYS are dropped, as whole day partitions or chunks of `partition_column`."""
+    compression: Compression | None = None
+    """Compression of old chunks on TimescaleDB. Plain PostgreSQL keeps its partitions uncompressed."""
     derived: bool = False
     """Written by the processor from raw events; its freshness is measured and reported."""
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -108,6 +122,10 @@ RAW_EVENTS = Table(
         Index("idx_raw_events_site_visitor", ("site", "visitor_id", '"timestamp"')),
     ),
     partition_column="timestamp",
+    retention=True,
+    # Older TimescaleDB 2.x releases reject compression when a column of the unique key (id, timestamp)
+    # is neither a segmentby nor an orderby column, so id is in orderby.
+    compression=Compression(segment_by=("site",), order_by=('"timestamp" DESC', "id"), after_days=7),
 )
 
 _DIMENSION_COLUMNS = (
@@ -222,6 +240,26 @@ DAILY_VISITORS = Table(
     notes=("Exact unique visitors: one row per human visitor and site-local day; a range counts DISTINCT visitor_id.",),
 )
 
+VISITOR_NETWORKS = Table(
+    name="visitor_networks",
+    columns=(
+        Column("site", "character varying(253)", nullable=False),
+        Column("visitor_id", "character varying(64)", nullable=False),
+        Column("country", "character varying(2)"),
+        Column("region", "character varying(100)"),
+        Column("city", "character varying(100)"),
+        Column("asn", "integer"),
+        Column("org", "character varying(255)"),
+        Column("orgType", "character varying(20)"),
+        Column("isGovernment", "boolean", nullable=False, default="false"),
+        Column("responseTier", "character varying(40)"),
+        Column("created_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    primary_key=("site", "visitor_id"),
+    notes=("What the client address told about a visitor, written with its first events. The address itself is",
+           "never stored, so rebuilding sessions later takes location and network owner from here."),
+)
+
 TABLE_FRESHNESS = Table(
     name="table_freshness",
     columns=(
@@ -235,7 +273,8 @@ TABLE_FRESHNESS = Table(
 )
 
 TABLES: tuple[Table, ...] = (
-    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, TABLE_FRESHNESS,
+    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
+    TABLE_FRESHNESS,
 )
 DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)
 TABLES_BY_NAME = {t.name: t for t in TABLES}

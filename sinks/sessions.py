@@ -16,6 +16,14 @@ import asyncpg
 from streams.event import Event
 from streams.sessionize import SESSION_GAP_MS, SessionSpan, plan_sessions
 
+SITE_LOCK_CLASS = 0x5EE1
+"""First key of the two-key advisory lock a site's writers share and its rebuild takes alone."""
+
+_LOCK_SITES_SHARED = f"""
+SELECT count(pg_advisory_xact_lock_shared({SITE_LOCK_CLASS}, hashtext(s)))
+  FROM (SELECT s FROM unnest($1::text[]) AS u(s) ORDER BY 1) AS sites
+"""
+
 _LOCK_VISITORS = """
 SELECT count(pg_advisory_xact_lock(k))
   FROM (SELECT hashtextextended(s || ':' || v, 0) AS k FROM unnest($1::text[], $2::text[]) AS u(s, v) ORDER BY 1) AS keys
@@ -66,7 +74,9 @@ async def assign_sessions(conn: asyncpg.Connection, events: Sequence[Event],
         by_visitor[(event.site, event.visitor_id)].append(index)
     keys = sorted(by_visitor)
 
-    # Step 1: take the visitors' locks, then read their stored sessions near the new events.
+    # Step 1: take the sites' shared locks (a rebuild of a site takes it exclusively) and the
+    # visitors' locks, then read their stored sessions near the new events.
+    await conn.fetchval(_LOCK_SITES_SHARED, sorted({k[0] for k in keys}))
     await conn.fetchval(_LOCK_VISITORS, [k[0] for k in keys], [k[1] for k in keys])
     lows = [_at(min(events[i].timestamp_ms for i in by_visitor[k])) for k in keys]
     highs = [_at(max(events[i].timestamp_ms for i in by_visitor[k])) for k in keys]

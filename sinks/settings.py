@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from sinks.archive import check_archive_url
 from weir.settings import ServiceSettings
 
 
@@ -25,4 +26,12 @@ class ProcessorSettings(ServiceSettings):
     GEO_MMDB_PATH: str = Field("", description="a GeoLite2/GeoIP2 City or Country .mmdb file; default the bundled plevin data")
     ASN_MMDB_PATH: str = Field("", description="a GeoLite2 ASN (or IPinfo/DB-IP) .mmdb file; default the bundled plevin data")
     STALE_AFTER_S: int = Field(300, ge=1, description="seconds a table may stop moving while events wait before /health turns degraded")
+    BOT_PATTERNS_FILE: str = Field("", description="file of extra bot user-agent patterns, one regular expression per line")
     CONSUMER_NAME: str = Field("", description="consumer name prefix in the group; default host name and process id")
+    ARCHIVE_URL: str = Field("", description="where the archive sink writes gzip NDJSON files: a local folder or an "
+                                             "fsspec URL such as s3://bucket/weir (needs weir[archive]); empty turns it off")
+
+    @field_validator("ARCHIVE_URL")
+    @classmethod
+    def _archive_url_usable(cls, value: str) -> str:
+        return check_archive_url(value)

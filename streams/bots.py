@@ -18,6 +18,7 @@ import functools
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import crawleruseragents
 from crawlerdetect import CrawlerDetect
@@ -131,3 +132,11 @@ def _default_detector() -> BotDetector:
 def detect_bot(user_agent: str | None) -> bool:
     """Return BotDetector().is_bot(user_agent), using one detector shared by the process."""
     return _default_detector().is_bot(user_agent)
+
+
+def read_bot_patterns(path: str | None) -> list[str]:
+    """Return the extra bot patterns of a file: one regular expression per line, # starts a comment."""
+    if not path:
+        return []
+    lines = Path(path).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

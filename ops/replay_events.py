@@ -1,0 +1,75 @@
+"""`weir replay events`: rebuild a site's sessions and rollups for a range of days from raw_events.
+
+The range is cut into chunks of whole days, each rebuilt and committed on its own (one
+transaction per chunk; the default chunk is the whole range, so readers see it switch at once).
+A stop between chunks keeps what was committed; the run prints the day to resume from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import date, timedelta
+from typing import TextIO
+
+import asyncpg
+
+from sinks.rebuild import RebuildReport, rebuild_range
+from sinks.sites import get_site
+from streams.bots import BotDetector
+
+ONLY_CHOICES = ("sessions", "rollups")
+
+
+def chunks(first: date, last: date, chunk_days: int | None) -> list[tuple[date, date]]:
+    if not chunk_days:
+        return [(first, last)]
+    result, current = [], first
+    while current <= last:
+        end = min(current + timedelta(days=chunk_days - 1), last)
+        result.append((current, end))
+        current = end + timedelta(days=1)
+    return result
+
+
+async def replay_events(database_url: str, domain: str, first: date, last: date, *, only: set[str],
+                        chunk_days: int | None = None, bot_patterns: list[str] | None = None,
+                        stopping: asyncio.Event | None = None, progress: TextIO | None = sys.stderr) -> list[RebuildReport]:
+    """Rebuild `domain` for local days first..last; raise LookupError for an unknown site."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        site = await get_site(conn, domain)
+        if site is None:
+            raise LookupError(f"unknown site {domain!r}: list sites with `weir site list`")
+        bots = BotDetector(bot_patterns or ())
+        parts = chunks(first, last, chunk_days)
+        reports: list[RebuildReport] = []
+        started = time.monotonic()
+        for number, (chunk_first, chunk_last) in enumerate(parts, start=1):
+            if stopping is not None and stopping.is_set():
+                _say(progress, f"stopped before {chunk_first}; resume with --from {chunk_first} --to {last}")
+                break
+            report = await rebuild_range(conn, site, bots, chunk_first, chunk_last,
+                                         sessions="sessions" in only, rollups="rollups" in only)
+            reports.append(report)
+            _report_progress(progress, number, len(parts), reports, started)
+        return reports
+    finally:
+        await conn.close()
+
+
+def _report_progress(progress: TextIO | None, done: int, total: int, reports: list[RebuildReport],
+                     started: float) -> None:
+    if progress is None:
+        return
+    elapsed = time.monotonic() - started
+    events = sum(r.events for r in reports)
+    rate = events / elapsed if elapsed > 0 else 0.0
+    eta = elapsed / done * (total - done)
+    _say(progress, f"chunk {done}/{total} {reports[-1].line()}; {rate:,.0f} events/s, ETA {eta:.0f}s")
+
+
+def _say(progress: TextIO | None, text: str) -> None:
+    if progress is not None:
+        print(text, file=progress, flush=True)

@@ -1,0 +1,129 @@
+"""`weir replay events` rebuilds derived tables from raw_events: idempotent, repairs gaps, and
+applies a new bot list everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ops.replay_events import replay_events
+from tests.conftest import wait_until_processed
+from tests.ops.test_import_logs import import_log, run_weir, service_env
+from tests.sinks.test_derived import DERIVED_SNAPSHOT, snapshot
+
+SITE = "semicomplete.com"
+BOTH = {"sessions", "rollups"}
+
+
+@pytest.fixture
+async def imported(stack, redis):
+    env = service_env(stack.database_url, stack.redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", "UTC", "--alias",
+                                    "www.semicomplete.com")
+    assert added.returncode == 0, added.stderr
+    assert (await import_log(env)).returncode == 0
+    await wait_until_processed(redis)
+    return stack
+
+
+def log_days():
+    today = datetime.now(timezone.utc).date()
+    return today - timedelta(days=3), today
+
+
+async def test_replay_twice_changes_nothing(imported, db):
+    before = await snapshot(db)
+    first, last = log_days()
+
+    await replay_events(imported.database_url, SITE, first, last, only=BOTH, progress=None)
+    once = await snapshot(db)
+    await replay_events(imported.database_url, SITE, first, last, only=BOTH, chunk_days=1, progress=None)
+
+    assert once == before
+    assert await snapshot(db) == before
+
+
+async def test_replay_fills_a_gap_in_derived_tables(imported, db):
+    before = await snapshot(db)
+    first, last = log_days()
+    gap = first + timedelta(days=1)
+    await db.execute("DELETE FROM session_fingerprints WHERE started_at >= $1 AND started_at < $2",
+                     datetime.combine(gap, datetime.min.time(), timezone.utc),
+                     datetime.combine(gap + timedelta(days=1), datetime.min.time(), timezone.utc))
+    await db.execute("DELETE FROM daily_metrics WHERE date = $1", gap)
+    await db.execute("DELETE FROM aggregated_metrics")
+    assert await snapshot(db) != before
+
+    reports = await replay_events(imported.database_url, SITE, first, last, only=BOTH, progress=None)
+
+    assert await snapshot(db) == before
+    assert reports[0].events == 4173
+
+
+async def test_new_bot_pattern_moves_visits_to_bots(imported, db):
+    agent = await db.fetchval("SELECT user_agent FROM raw_events WHERE NOT is_bot GROUP BY 1 "
+                              "ORDER BY count(*) DESC, 1 LIMIT 1")
+    moved = await db.fetchrow("SELECT count(*) AS pageviews, count(DISTINCT visitor_id) AS visitors FROM raw_events "
+                              "WHERE user_agent = $1", agent)
+    before = await totals(db)
+    first, last = log_days()
+
+    await replay_events(imported.database_url, SITE, first, last, only=BOTH, bot_patterns=[_exact(agent)],
+                        progress=None)
+
+    after = await totals(db)
+    assert after["pageviews"] == before["pageviews"] - moved["pageviews"]
+    assert after["bot_pageviews"] == before["bot_pageviews"] + moved["pageviews"]
+    assert after["visitors"] == before["visitors"] - moved["visitors"]
+    assert after["raw_human"] == after["pageviews"]
+    assert after["fingerprint_sessions"] == after["sessions"] == after["raw_sessions"]
+    assert after["fingerprint_pageviews"] == after["pageviews"]
+    assert after["rows"] == before["rows"] == 4173
+
+
+def _exact(text: str) -> str:
+    import re
+    return "^" + re.escape(text) + "$"
+
+
+async def totals(db) -> dict:
+    daily = {r["metric_name"]: int(r["total"]) for r in await db.fetch(
+        "SELECT metric_name, sum(value) AS total FROM daily_metrics WHERE dimension_key IS NULL GROUP BY 1")}
+    row = await db.fetchrow("""
+        SELECT (SELECT count(*) FROM raw_events) AS rows,
+               (SELECT count(*) FROM raw_events WHERE NOT is_bot) AS raw_human,
+               (SELECT count(DISTINCT session_id) FROM raw_events WHERE NOT is_bot) AS raw_sessions,
+               (SELECT count(*) FROM session_fingerprints WHERE NOT is_bot) AS fingerprint_sessions,
+               (SELECT coalesce(sum(pageviews), 0) FROM session_fingerprints WHERE NOT is_bot) AS fingerprint_pageviews,
+               (SELECT count(*) FROM daily_visitors) AS visitor_days""")
+    return {"pageviews": daily["pageviews"], "bot_pageviews": daily["bot_pageviews"], "visitors": daily["visitors"],
+            "sessions": daily["sessions"], **dict(row)}
+
+
+async def test_cli_replay_reports_changes_and_rejects_bad_input(imported, tmp_path):
+    first, last = log_days()
+    env = service_env(imported.database_url, imported.redis_url)
+    patterns = tmp_path / "bots.txt"
+    patterns.write_text("# extra crawler\n^Wget/\n")
+    env["BOT_PATTERNS_FILE"] = str(patterns)
+
+    done = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", str(first),
+                                   "--to", str(last))
+    unknown = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", "nosuch.example", "--from",
+                                      str(first), "--to", str(last))
+    reversed_range = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", str(last),
+                                             "--to", str(first))
+    bad_only = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", str(first),
+                                       "--to", str(last), "--only", "everything")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"rebuilt {SITE} {first}..{last}: 4173 events, 0 bot flags and 0 session ids changed")
+    assert "chunk 1/1" in done.stderr and "ETA" in done.stderr
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1, "error: unknown site 'nosuch.example': list sites with `weir site list`")
+    assert (reversed_range.returncode, reversed_range.stderr.strip()) == (
+        1, f"error: invalid range: --to {first} is before --from {last}")
+    assert bad_only.returncode == 1
+    assert bad_only.stderr.strip() == "error: invalid --only 'everything': use sessions, rollups or both, comma-separated"
