@@ -222,7 +222,9 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     checks = HealthChecks()
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
-        app[POOL_KEY] = await asyncpg.create_pool(settings.DATABASE_URL, min_size=1, max_size=10, command_timeout=60)
+        # Read-only sessions: the API only reads, and a replica refuses writes anyway.
+        app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10, command_timeout=60,
+                                                  server_settings={"default_transaction_read_only": "on"})
         app[REDIS_KEY] = Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
         yield
         await app[POOL_KEY].close()

@@ -11,6 +11,7 @@ class ApiSettings(ServiceSettings):
     """Environment of `weir api`; names and defaults match the platform Weir replaces."""
 
     DATABASE_URL: str = Field(description="PostgreSQL holding the tables the API reads")
+    DATABASE_READ_URL: str = Field("", description="a read replica to answer from instead of DATABASE_URL; the API never writes")
     REDIS_URL: str = Field(description="Redis for the answer cache and health")
     API_KEYS: str = Field(description="comma-separated API keys; a request needs one of them")
     PORT: int = Field(4002, description="TCP port of the API and dashboard")
@@ -24,6 +25,9 @@ class ApiSettings(ServiceSettings):
         if not [k for k in value.split(",") if k.strip()]:
             raise ValueError("API_KEYS holds no key; give at least one, comma-separated")
         return value
+
+    def read_url(self) -> str:
+        return self.DATABASE_READ_URL or self.DATABASE_URL
 
     def api_keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.API_KEYS.split(",") if k.strip())

@@ -110,3 +110,34 @@ async def test_bot_pageviews_are_kept_out_of_visitors(stack, db, redis):
     _, overview = await get(stack, "/api/overview", {"site": "b.example", "from": str(day), "to": str(day)})
 
     assert (overview["pageviews"], overview["bot_pageviews"], overview["visitors"], overview["sessions"]) == (0, 2, 0, 0)
+
+
+async def test_api_reads_from_read_url_and_never_writes(database_url, redis_url, db):
+    from aiohttp import web
+
+    from query.api import POOL_KEY, create_api_app
+    from query.settings import ApiSettings
+    from sinks.guard import run_guard
+    from tests.conftest import free_port
+
+    await run_guard(db, timescaledb="off")
+    await upsert_site(db, Site("r.example", "UTC"))
+    port = free_port()
+    # DATABASE_URL names a server that does not exist, so every answer must come from the read URL.
+    settings = ApiSettings(NODE_ENV="production", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+                           DATABASE_READ_URL=database_url, REDIS_URL=redis_url, API_KEYS=API_KEY, PORT=port)
+    app = create_api_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.get(f"http://127.0.0.1:{port}/api/sites") as response:
+                sites = await response.json()
+        async with app[POOL_KEY].acquire() as conn:
+            read_only = await conn.fetchval("SHOW default_transaction_read_only")
+    finally:
+        await runner.cleanup()
+
+    assert sites == {"data": [{"domain": "r.example", "timezone": "UTC", "aliases": []}]}
+    assert read_only == "on"
