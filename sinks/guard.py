@@ -1,8 +1,10 @@
 """The schema guard: compares the declared schema with the database and applies additive DDL.
 
 It runs at every processor start and from `weir schema apply`. It only creates tables, adds
-columns, sets missing defaults and creates indexes; it never drops, renames or retypes. What it
-cannot fix additively is reported as drift with the statement an operator would run.
+columns, sets missing defaults, creates indexes and sets up the time layout: a hypertable with
+its compression and retention policies on TimescaleDB, or daily partitions registered with
+pg_partman where that extension is installed. It never drops, renames or retypes. What it cannot
+fix additively is reported as drift with the statements an operator would run.
 A PostgreSQL advisory lock makes replicas that start together take turns.
 """
 
@@ -10,172 +12,193 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import asyncpg
 
-from sinks.catalog import ActualTable, Catalog, read_catalog
+from sinks import layout, timescale
+from sinks.catalog import ActualIndex, ActualTable, Catalog, read_catalog
+from sinks.ddl import Change, Drift, Plan, create_index_sql, create_table_sql
 from sinks.schema import TABLES, Column, Index, Table, quote_ident
+
+__all__ = ["Change", "Drift", "GUARD_LOCK_ID", "Plan", "apply_changes", "create_index_sql", "create_table_sql",
+           "plan_changes", "run_guard", "schema_sql"]
 
 logger = logging.getLogger(__name__)
 
 GUARD_LOCK_ID = 0x5EE1_5C4E_0001
 """Advisory lock key held while the guard plans and applies; any constant shared by all replicas."""
 
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One additive DDL statement the guard applies."""
-
-    table: str
-    description: str
-    sql: str
-    outside_transaction: bool = False
-    """True for CREATE INDEX CONCURRENTLY, which PostgreSQL refuses inside a transaction."""
+MIN_SERVER_VERSION_NUM = 150000
+"""PostgreSQL 15 introduced NULLS NOT DISTINCT, which the rollup keys need."""
 
 
-@dataclass(frozen=True, slots=True)
-class Drift:
-    """A difference the guard will not fix itself, with the statement that would."""
+def schema_sql(use_timescaledb: bool = False, retention_days: int | None = None) -> list[str]:
+    """Return every statement that creates the declared schema on an empty database, in order.
 
-    table: str
-    description: str
-    fix_sql: str
-
-
-@dataclass(slots=True)
-class Plan:
-    changes: list[Change] = field(default_factory=list)
-    drift: list[Drift] = field(default_factory=list)
-    use_timescaledb: bool = False
-
-    @property
-    def clean(self) -> bool:
-        return not self.changes and not self.drift
-
-
-def create_table_sql(table: Table, use_timescaledb: bool) -> str:
-    """Return the CREATE TABLE statement of `table` on the current layout."""
-    lines = [column.definition() for column in table.columns]
-    if table.primary_key:
-        lines.append("PRIMARY KEY (" + ", ".join(quote_ident(c) for c in table.primary_key) + ")")
-    body = ",\n    ".join(lines)
-    sql = f"CREATE TABLE IF NOT EXISTS {quote_ident(table.name)} (\n    {body}\n)"
-    if table.partition_column and not use_timescaledb:
-        sql += f" PARTITION BY RANGE ({quote_ident(table.partition_column)})"
-    return sql
-
-
-def create_index_sql(table: Table, index: Index, concurrently: bool = False) -> str:
-    unique = "UNIQUE " if index.unique else ""
-    how = "CONCURRENTLY " if concurrently else ""
-    using = f" USING {index.method}" if index.method != "btree" else ""
-    nulls = " NULLS NOT DISTINCT" if index.nulls_not_distinct else ""
-    columns = ", ".join(index.columns)
-    return f"CREATE {unique}INDEX {how}IF NOT EXISTS {index.name} ON {quote_ident(table.name)}{using} ({columns}){nulls}"
-
-
-def hypertable_sql(table: Table) -> str:
-    return (f"SELECT create_hypertable('{table.name}', '{table.partition_column}', "
-            "chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE, migrate_data => TRUE)")
-
-
-def schema_sql(use_timescaledb: bool = False) -> list[str]:
-    """Return every statement that creates the declared schema on an empty database, in order."""
+    Without TimescaleDB the daily partitions are not listed: the processor creates them as
+    events arrive, or pg_partman does where the guard registers the table with it.
+    """
     statements: list[str] = []
     if use_timescaledb:
         statements.append("CREATE EXTENSION IF NOT EXISTS timescaledb")
     for table in TABLES:
         statements.append(create_table_sql(table, use_timescaledb))
-        if table.partition_column and use_timescaledb:
-            statements.append(hypertable_sql(table))
         statements.extend(create_index_sql(table, index) for index in table.indexes)
+        if table.partition_column and use_timescaledb:
+            statements.append(timescale.create_hypertable_sql(table))
+            statements.extend(timescale.policies_sql(table, retention_days))
     return statements
 
 
-def plan_changes(catalog: Catalog, timescaledb: str = "auto") -> Plan:
-    """Compare the declaration with `catalog`; `timescaledb` is "auto", "on" or "off"."""
-    use_timescaledb = timescaledb == "on" or (timescaledb == "auto" and catalog.timescaledb_available)
-    plan = Plan(use_timescaledb=use_timescaledb)
-    if use_timescaledb and not catalog.timescaledb_available:
-        plan.drift.append(Drift("*", "the timescaledb extension is not available on this server",
-                                "install TimescaleDB, or set TIMESCALEDB=off to use native partitions"))
-        plan.use_timescaledb = use_timescaledb = False
-    if use_timescaledb and not catalog.timescaledb_installed:
-        plan.changes.append(Change("*", "create extension timescaledb", "CREATE EXTENSION IF NOT EXISTS timescaledb"))
+def plan_changes(catalog: Catalog, timescaledb: str = "auto", retention_days: int | None = None) -> Plan:
+    """Compare the declaration with `catalog` and list the changes to apply and the drift to report.
+
+    `timescaledb` is "auto", "on" or "off". `retention_days` is RETENTION_DAYS; None leaves
+    retention policies alone, neither adding nor comparing them.
+    """
+    plan = Plan()
+    if catalog.server_version_num < MIN_SERVER_VERSION_NUM:
+        plan.report("*", f"PostgreSQL {catalog.server_version_num} is older than 15, which NULLS NOT DISTINCT needs",
+                    "-- upgrade the server to PostgreSQL 15 or later")
+    layout.choose_layout(plan, catalog, timescaledb)
 
     for table in TABLES:
         actual = catalog.tables.get(table.name)
         if actual is None:
-            _plan_new_table(plan, table, use_timescaledb)
+            _plan_new_table(plan, table, catalog, retention_days)
         else:
-            _plan_existing_table(plan, table, actual, use_timescaledb)
+            _plan_existing_table(plan, table, actual, catalog, retention_days)
     return plan
 
 
-def _plan_new_table(plan: Plan, table: Table, use_timescaledb: bool) -> None:
-    plan.changes.append(Change(table.name, f"create table {table.name}", create_table_sql(table, use_timescaledb)))
-    if table.partition_column and use_timescaledb:
-        plan.changes.append(Change(table.name, f"make {table.name} a hypertable", hypertable_sql(table)))
+def _plan_new_table(plan: Plan, table: Table, catalog: Catalog, retention_days: int | None) -> None:
+    plan.change(table.name, f"create table {table.name}", create_table_sql(table, plan.use_timescaledb))
     for index in table.indexes:
-        plan.changes.append(Change(table.name, f"create index {index.name}", create_index_sql(table, index)))
+        plan.change(table.name, f"create index {index.name}", create_index_sql(table, index))
+    layout.plan_new_layout(plan, table, catalog, retention_days)
 
 
-def _plan_existing_table(plan: Plan, table: Table, actual: ActualTable, use_timescaledb: bool) -> None:
+def _plan_existing_table(plan: Plan, table: Table, actual: ActualTable, catalog: Catalog,
+                         retention_days: int | None) -> None:
     for column in table.columns:
         _plan_column(plan, table, column, actual)
-    _plan_layout(plan, table, actual, use_timescaledb)
-
-    # Indexes of a partitioned table cannot be built CONCURRENTLY; PostgreSQL builds each partition's.
-    concurrently = actual.partitioned_by is None
+    _plan_primary_key(plan, table, actual)
     for index in table.indexes:
-        present = actual.indexes.get(index.name)
-        if present is None:
-            plan.changes.append(Change(table.name, f"create index {index.name}",
-                                       create_index_sql(table, index, concurrently), outside_transaction=concurrently))
-        elif not present.valid:
-            plan.drift.append(Drift(table.name, f"index {index.name} is invalid (a concurrent build failed)",
-                                    f"DROP INDEX CONCURRENTLY {index.name}; then run `weir schema apply`"))
-        elif index.unique != present.unique or index.nulls_not_distinct != present.nulls_not_distinct:
-            plan.drift.append(Drift(
-                table.name, f"index {index.name} differs: {present.definition}",
-                f"DROP INDEX CONCURRENTLY {index.name}; {create_index_sql(table, index, True)}"))
+        _plan_index(plan, table, index, actual, catalog)
+    layout.plan_layout(plan, table, actual, catalog, retention_days)
+
+
+# Columns
 
 
 def _plan_column(plan: Plan, table: Table, column: Column, actual: ActualTable) -> None:
     present = actual.columns.get(column.name)
     name = f"{table.name}.{column.quoted}"
+    alter = f"ALTER TABLE {quote_ident(table.name)}"
     if present is None:
-        plan.changes.append(Change(table.name, f"add column {name}",
-                                   f"ALTER TABLE {quote_ident(table.name)} ADD COLUMN IF NOT EXISTS {column.definition()}"))
+        if column.nullable or column.default is not None or not actual.has_rows:
+            plan.change(table.name, f"add column {name}", f"{alter} ADD COLUMN IF NOT EXISTS {column.definition()}")
+        else:
+            plan.report(table.name, f"column {name} is missing; it is NOT NULL without a default, "
+                                    "so it cannot be added to a table that holds rows",
+                        f"{alter} ADD COLUMN IF NOT EXISTS {column.quoted} {column.type};\n"
+                        f"-- fill {column.quoted} in the existing rows, then:\n"
+                        f"{alter} ALTER COLUMN {column.quoted} SET NOT NULL")
         return
+
     if present.type != column.type:
-        plan.drift.append(Drift(table.name, f"column {name} is {present.type}, the code expects {column.type}",
-                                f"ALTER TABLE {quote_ident(table.name)} ALTER COLUMN {column.quoted} TYPE {column.type}"))
+        plan.report(table.name, f"column {name} is {present.type}, the code expects {column.type}",
+                    f"{alter} ALTER COLUMN {column.quoted} TYPE {column.type}")
     if column.default is not None and present.default is None:
-        plan.changes.append(Change(table.name, f"set default of {name}",
-                                   f"ALTER TABLE {quote_ident(table.name)} ALTER COLUMN {column.quoted} SET DEFAULT {column.default}"))
+        plan.change(table.name, f"set default of {name}", f"{alter} ALTER COLUMN {column.quoted} SET DEFAULT {column.default}")
+    elif column.default is not None and present.default != column.default:
+        plan.report(table.name, f"column {name} defaults to {present.default}, the code expects {column.default}",
+                    f"{alter} ALTER COLUMN {column.quoted} SET DEFAULT {column.default}")
+
     if not column.nullable and present.nullable:
-        plan.drift.append(Drift(table.name, f"column {name} allows NULL, the code expects NOT NULL",
-                                f"ALTER TABLE {quote_ident(table.name)} ALTER COLUMN {column.quoted} SET NOT NULL"))
+        fill = (f"UPDATE {quote_ident(table.name)} SET {column.quoted} = {column.default} WHERE {column.quoted} IS NULL;\n"
+                if column.default is not None else f"-- SET NOT NULL fails while a row holds NULL in {column.quoted}\n")
+        plan.report(table.name, f"column {name} allows NULL, the code expects NOT NULL",
+                    f"{fill}{alter} ALTER COLUMN {column.quoted} SET NOT NULL")
+    elif column.nullable and not present.nullable and column.name not in actual.primary_key:
+        plan.report(table.name, f"column {name} is NOT NULL, but the code may write NULL into it, and such a write fails",
+                    f"{alter} ALTER COLUMN {column.quoted} DROP NOT NULL")
 
 
-def _plan_layout(plan: Plan, table: Table, actual: ActualTable, use_timescaledb: bool) -> None:
-    if table.primary_key and tuple(actual.primary_key) != table.primary_key:
-        keys = ", ".join(actual.primary_key) or "none"
-        plan.drift.append(Drift(
-            table.name, f"primary key is ({keys}); the current layout uses ({', '.join(table.primary_key)})",
-            f"-- the table keeps working as it is; to move to the current layout:\n{create_table_sql(table, use_timescaledb)}"))
-    if table.partition_column is None:
+def _plan_primary_key(plan: Plan, table: Table, actual: ActualTable) -> None:
+    if not table.primary_key or tuple(actual.primary_key) == table.primary_key:
+        return
+    keys = ", ".join(actual.primary_key) or "none"
+    plan.report(
+        table.name, f"primary key is ({keys}); the current layout uses ({', '.join(table.primary_key)})",
+        f"-- {table.name} keeps working with this key: its sink inserts with ON CONFLICT DO NOTHING and no "
+        f"conflict target.\n-- On the current layout the table is:\n{create_table_sql(table, plan.use_timescaledb)}")
+
+
+# Indexes
+
+
+def _plan_index(plan: Plan, table: Table, index: Index, actual: ActualTable, catalog: Catalog) -> None:
+    present = actual.indexes.get(index.name)
+    owner = catalog.relation_owners.get(index.name)
+    if present is None and owner is not None:
+        # CREATE INDEX IF NOT EXISTS would skip the name silently and leave the table without it.
+        other, is_index = owner
+        kind = "INDEX" if is_index else "TABLE"
+        holder = f"an index of {other}" if is_index else f"the relation {other}"
+        plan.report(table.name, f"index {index.name} cannot be created: the name is taken by {holder}",
+                    f"ALTER {kind} {quote_ident(index.name)} RENAME TO {quote_ident(index.name + '_' + other)};\n"
+                    "-- then run `weir schema apply`")
+        return
+    if present is None:
+        plan.change(table.name, f"create index {index.name}", *_index_build(table, index, actual))
         return
 
-    if use_timescaledb and not actual.hypertable:
-        plan.drift.append(Drift(table.name, f"{table.name} is not a hypertable", hypertable_sql(table)))
-    elif not use_timescaledb and actual.partitioned_by != table.partition_column:
-        plan.drift.append(Drift(
-            table.name,
-            f"{table.name} is not partitioned by {table.partition_column}; it keeps working, without partition retention",
-            f"-- copy into a table created as:\n{create_table_sql(table, False)}"))
+    if not present.valid:
+        plan.report(table.name, f"index {index.name} is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
+                    _rebuild_index_sql(table, index, actual))
+    elif index.unique and present.unique and index.nulls_not_distinct and not present.nulls_not_distinct:
+        plan.report(table.name, f"unique index {index.name} lacks NULLS NOT DISTINCT, so a row whose dimension is "
+                                "NULL is inserted again by every write instead of being updated",
+                    _find_duplicates_sql(table, index) + _rebuild_index_sql(table, index, actual))
+    elif _differs(index, present):
+        plan.report(table.name, f"index {index.name} differs: {present.definition}",
+                    _rebuild_index_sql(table, index, actual))
+
+
+def _differs(index: Index, present: ActualIndex) -> bool:
+    columns = tuple(c.strip('"') for c in index.columns)
+    return (index.unique != present.unique or index.nulls_not_distinct != present.nulls_not_distinct
+            or index.method != present.method or (bool(present.columns) and columns != present.columns))
+
+
+def _index_build(table: Table, index: Index, actual: ActualTable) -> tuple[str, bool]:
+    """Return the CREATE INDEX for an existing table and whether it must run outside a transaction."""
+    if not actual.has_rows:
+        return create_index_sql(table, index), False
+    if actual.hypertable:
+        # TimescaleDB rejects CONCURRENTLY, so each chunk's index is built in its own short transaction.
+        return create_index_sql(table, index, per_chunk=True), True
+    if actual.partitioned_by is not None:
+        # NOTE: PostgreSQL cannot build a partitioned table's index CONCURRENTLY, so this build
+        # blocks writes to the table until every partition's index is built.
+        return create_index_sql(table, index), False
+    return create_index_sql(table, index, concurrently=True), True
+
+
+def _rebuild_index_sql(table: Table, index: Index, actual: ActualTable) -> str:
+    if actual.partitioned_by is not None or actual.hypertable:
+        return f"DROP INDEX IF EXISTS {index.name};\n{create_index_sql(table, index, per_chunk=actual.hypertable)}"
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {index.name};\n{create_index_sql(table, index, concurrently=True)}"
+
+
+def _find_duplicates_sql(table: Table, index: Index) -> str:
+    columns = ", ".join(index.columns)
+    return (f"-- rows the new index would reject; merge them into one row per key first:\n"
+            f"SELECT {columns}, count(*) FROM {quote_ident(table.name)} GROUP BY {columns} HAVING count(*) > 1;\n")
+
+
+# Applying
 
 
 async def apply_changes(conn: asyncpg.Connection, plan: Plan) -> list[Change]:
@@ -195,16 +218,19 @@ async def apply_changes(conn: asyncpg.Connection, plan: Plan) -> list[Change]:
     return applied
 
 
-async def run_guard(conn: asyncpg.Connection, *, timescaledb: str = "auto", apply: bool = True) -> Plan:
+async def run_guard(conn: asyncpg.Connection, *, timescaledb: str = "auto", apply: bool = True,
+                    retention_days: int | None = None) -> Plan:
     """Plan (and unless `apply` is False, apply) the additive changes under the advisory lock.
 
-    Returns the plan as it stood before applying; drift is logged as a warning per item.
+    `retention_days` is RETENTION_DAYS; None leaves retention policies alone. Returns the plan
+    as it stood before applying; drift is logged as a warning per item. A failed statement
+    raises and leaves the ones before it applied, which the next run then skips.
     """
     started = time.perf_counter()
     await conn.execute("SELECT pg_advisory_lock($1)", GUARD_LOCK_ID)
     try:
-        catalog = await read_catalog(conn, [t.name for t in TABLES])
-        plan = plan_changes(catalog, timescaledb)
+        catalog = await read_catalog(conn, [t.name for t in TABLES], [i.name for t in TABLES for i in t.indexes])
+        plan = plan_changes(catalog, timescaledb, retention_days)
         if apply:
             await apply_changes(conn, plan)
     finally:
@@ -214,5 +240,5 @@ async def run_guard(conn: asyncpg.Connection, *, timescaledb: str = "auto", appl
         logger.warning("schema drift table=%s problem=%r fix=%r", drift.table, drift.description, drift.fix_sql,
                        extra={"table": drift.table})
     logger.info("schema guard done changes=%d drift=%d layout=%s elapsed_ms=%.0f", len(plan.changes), len(plan.drift),
-                "timescaledb" if plan.use_timescaledb else "partitions", (time.perf_counter() - started) * 1000)
+                plan.layout, (time.perf_counter() - started) * 1000)
     return plan

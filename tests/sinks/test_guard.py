@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import asyncpg
 
-from sinks.guard import run_guard
+from sinks.catalog import read_catalog
+from sinks.guard import plan_changes, run_guard
 from sinks.schema import TABLES
 
 
@@ -98,3 +100,210 @@ async def test_legacy_raw_events_is_adopted(db):
         "raw_events is not partitioned by timestamp; it keeps working, without partition retention",
     ]
     assert await db.fetchval("SELECT count(*) FROM raw_events WHERE site = '' AND is_bot = false") == 1
+
+
+async def test_timescaledb_on_without_extension_is_drift(db):
+    available = await db.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+    if available:
+        return  # the server has the extension; tests/sinks/test_timescale.py covers that case
+
+    plan = await run_guard(db, timescaledb="on")
+
+    assert [(d.table, d.description, d.fix_sql) for d in plan.drift] == [
+        ("*", "the timescaledb extension is not available on this server",
+         "-- install TimescaleDB on the server, or set TIMESCALEDB=off to use native partitions")]
+    assert plan.layout == "partitions"
+    assert await db.fetchval("SELECT count(*) FROM pg_partitioned_table") == 1
+
+
+async def test_old_server_version_is_drift(db):
+    catalog = await read_catalog(db, [t.name for t in TABLES])
+
+    plan = plan_changes(replace(catalog, server_version_num=140011), "off")
+
+    assert [(d.table, d.description) for d in plan.drift] == [
+        ("*", "PostgreSQL 140011 is older than 15, which NULLS NOT DISTINCT needs")]
+
+
+async def test_index_on_empty_table_is_plain(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX idx_session_fingerprints_visitor")
+
+    plan = await run_guard(db, timescaledb="off", apply=False)
+
+    assert [(c.sql, c.outside_transaction) for c in plan.changes] == [
+        ("CREATE INDEX IF NOT EXISTS idx_session_fingerprints_visitor ON session_fingerprints (visitor_id)", False)]
+
+
+async def test_index_on_table_with_rows_is_concurrent(db, caplog):
+    await run_guard(db, timescaledb="off")
+    await db.execute("INSERT INTO session_fingerprints (session_id, started_at, ended_at) VALUES ('s1', now(), now())")
+    await db.execute("DROP INDEX idx_session_fingerprints_visitor")
+
+    with caplog.at_level(logging.INFO, logger="sinks.guard"):
+        plan = await run_guard(db, timescaledb="off")
+
+    assert [(c.sql, c.outside_transaction) for c in plan.changes] == [
+        ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_session_fingerprints_visitor ON session_fingerprints (visitor_id)",
+         True)]
+    applied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schema change applied")]
+    assert len(applied) == 1
+    assert applied[0].startswith("schema change applied table=session_fingerprints "
+                                 "change='create index idx_session_fingerprints_visitor' elapsed_ms=")
+    assert await db.fetchval("SELECT indisvalid FROM pg_index "
+                             "WHERE indexrelid = 'idx_session_fingerprints_visitor'::regclass") is True
+
+
+async def test_index_on_partitioned_table_is_plain(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("CREATE TABLE raw_events_p20240115 PARTITION OF raw_events "
+                     "FOR VALUES FROM ('2024-01-15 00:00+00') TO ('2024-01-16 00:00+00')")
+    await db.execute("INSERT INTO raw_events (id, session_id, event_type, event_action, \"timestamp\", created_at) "
+                     "VALUES (gen_random_uuid(), 's1', 'pageview', '/', '2024-01-15 12:00+00', now())")
+    await db.execute("DROP INDEX idx_raw_events_user_id")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert [(c.sql, c.outside_transaction) for c in plan.changes] == [
+        ("CREATE INDEX IF NOT EXISTS idx_raw_events_user_id ON raw_events (user_id)", False)]
+    assert await db.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'raw_events_p20240115' "
+                             "AND indexdef LIKE '%(user_id)'") == 1
+
+
+DAILY_KEY = '(site, "date", metric_name, dimension_key, dimension_value)'
+
+
+async def test_invalid_index_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX uq_daily_metrics_key")
+    await db.execute("""INSERT INTO daily_metrics (date, metric_name, value) VALUES
+                        ('2024-01-15', 'pageviews', 1), ('2024-01-15', 'pageviews', 2)""")
+    # A concurrent build that fails on duplicates leaves an invalid index behind, as in production.
+    try:
+        await db.execute(f"CREATE UNIQUE INDEX CONCURRENTLY uq_daily_metrics_key ON daily_metrics {DAILY_KEY} "
+                         "NULLS NOT DISTINCT")
+    except asyncpg.UniqueViolationError:
+        pass
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert plan.changes == []
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [(
+        "index uq_daily_metrics_key is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
+        "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_key;\n"
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_daily_metrics_key ON daily_metrics {DAILY_KEY} "
+        "NULLS NOT DISTINCT")]
+
+
+AGGREGATED_KEY = "(site, bucket, granularity, metric_name, dimension_key, dimension_value)"
+
+
+async def test_unique_index_without_nulls_not_distinct_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX uq_aggregated_metrics_key")
+    await db.execute(f"CREATE UNIQUE INDEX uq_aggregated_metrics_key ON aggregated_metrics {AGGREGATED_KEY}")
+    await db.execute("""INSERT INTO aggregated_metrics (bucket, granularity, metric_name, value) VALUES
+                        ('2024-01-15 10:00+00', 'hour', 'pageviews', 1), ('2024-01-15 10:00+00', 'hour', 'pageviews', 2)""")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert [d.description for d in plan.drift] == [
+        "unique index uq_aggregated_metrics_key lacks NULLS NOT DISTINCT, so a row whose dimension is NULL is "
+        "inserted again by every write instead of being updated"]
+    assert plan.drift[0].fix_sql == (
+        "-- rows the new index would reject; merge them into one row per key first:\n"
+        "SELECT site, bucket, granularity, metric_name, dimension_key, dimension_value, count(*) "
+        "FROM aggregated_metrics GROUP BY site, bucket, granularity, metric_name, dimension_key, dimension_value "
+        "HAVING count(*) > 1;\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS uq_aggregated_metrics_key;\n"
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_aggregated_metrics_key ON aggregated_metrics {AGGREGATED_KEY} "
+        "NULLS NOT DISTINCT")
+
+
+async def test_nulls_not_distinct_fix_runs(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX uq_aggregated_metrics_key")
+    await db.execute(f"CREATE UNIQUE INDEX uq_aggregated_metrics_key ON aggregated_metrics {AGGREGATED_KEY}")
+    await db.execute("""INSERT INTO aggregated_metrics (bucket, granularity, metric_name, value) VALUES
+                        ('2024-01-15 10:00+00', 'hour', 'pageviews', 1), ('2024-01-15 10:00+00', 'hour', 'pageviews', 2)""")
+    plan = await run_guard(db, timescaledb="off")
+    find, drop, create = plan.drift[0].fix_sql.splitlines()[1:]
+
+    duplicates = await db.fetch(find.rstrip(";"))
+    await db.execute("DELETE FROM aggregated_metrics WHERE value = 1")
+    await db.execute("UPDATE aggregated_metrics SET value = 3")
+    await db.execute(drop.rstrip(";"))
+    await db.execute(create)
+
+    assert [r["count"] for r in duplicates] == [2]
+    assert (await run_guard(db, timescaledb="off")).clean
+
+
+async def test_index_with_other_columns_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX idx_session_fingerprints_site_started")
+    await db.execute("CREATE INDEX idx_session_fingerprints_site_started ON session_fingerprints (site)")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert [d.description for d in plan.drift] == [
+        "index idx_session_fingerprints_site_started differs: CREATE INDEX idx_session_fingerprints_site_started "
+        "ON public.session_fingerprints USING btree (site)"]
+
+
+async def test_nullability_is_drift_both_ways(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("ALTER TABLE session_fingerprints ALTER COLUMN pageviews DROP NOT NULL, "
+                     "ALTER COLUMN browser SET NOT NULL")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [
+        ("column session_fingerprints.pageviews allows NULL, the code expects NOT NULL",
+         "UPDATE session_fingerprints SET pageviews = 0 WHERE pageviews IS NULL;\n"
+         "ALTER TABLE session_fingerprints ALTER COLUMN pageviews SET NOT NULL"),
+        ("column session_fingerprints.browser is NOT NULL, but the code may write NULL into it, and such a write fails",
+         "ALTER TABLE session_fingerprints ALTER COLUMN browser DROP NOT NULL"),
+    ]
+
+
+async def test_other_default_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("ALTER TABLE session_fingerprints ALTER COLUMN pageviews SET DEFAULT 1")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [
+        ("column session_fingerprints.pageviews defaults to 1, the code expects 0",
+         "ALTER TABLE session_fingerprints ALTER COLUMN pageviews SET DEFAULT 0")]
+
+
+async def test_required_column_on_rows_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("INSERT INTO session_fingerprints (session_id, started_at, ended_at) VALUES ('s1', now(), now())")
+    await db.execute("ALTER TABLE session_fingerprints DROP COLUMN ended_at")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert plan.changes == []
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [(
+        "column session_fingerprints.ended_at is missing; it is NOT NULL without a default, "
+        "so it cannot be added to a table that holds rows",
+        "ALTER TABLE session_fingerprints ADD COLUMN IF NOT EXISTS ended_at timestamp with time zone;\n"
+        "-- fill ended_at in the existing rows, then:\n"
+        "ALTER TABLE session_fingerprints ALTER COLUMN ended_at SET NOT NULL")]
+
+
+async def test_index_name_taken_elsewhere_is_drift(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX idx_session_fingerprints_visitor")
+    await db.execute("CREATE TABLE visitors_archive (visitor_id text)")
+    await db.execute("CREATE INDEX idx_session_fingerprints_visitor ON visitors_archive (visitor_id)")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert plan.changes == []
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [(
+        "index idx_session_fingerprints_visitor cannot be created: the name is taken by an index of visitors_archive",
+        "ALTER INDEX idx_session_fingerprints_visitor RENAME TO idx_session_fingerprints_visitor_visitors_archive;\n"
+        "-- then run `weir schema apply`")]

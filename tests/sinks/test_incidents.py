@@ -154,7 +154,7 @@ async def test_incident_is_loud_and_repaired_by_restart(database_url, redis_url,
         for path in ("/api/overview", "/api/pages"):
             freshness = await api_freshness(database_url, redis_url, path)
             assert freshness["stale"] is True
-            assert freshness["warnings"][0].startswith("raw_events is stale: 4 stream entries have waited up to ")
+            assert any(" is stale: 4 stream entries have waited up to " in w for w in freshness["warnings"])
         _, health = await first.get("/health")
         assert "session_fingerprints was last written" in health and "aggregated_metrics was last written" in health
         assert first.stop() == 0
