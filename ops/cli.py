@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ops.errors import CommandError
+from streams.keys import EVENTS_STREAM
 from weir.settings import ConfigError
 
 logger = logging.getLogger("weir")
@@ -36,9 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, help="TCP port to listen on (sets PORT)")
     api.add_argument("--host", help="address to listen on (sets HOST, default 0.0.0.0)")
 
-    up = commands.add_parser("up", help="run collector, processor and API in one process, for local use")
+    realtime = commands.add_parser("realtime", help="run the live feed (SSE and WebSocket) on PORT, default 4003")
+    realtime.add_argument("--port", type=int, help="TCP port to listen on (sets PORT)")
+    realtime.add_argument("--host", help="address to listen on (sets HOST, default 0.0.0.0)")
+
+    up = commands.add_parser("up", help="run collector, processor, API and live feed in one process, for local use")
     up.add_argument("--collector-port", type=int, default=4001, help="collector port (default 4001)")
     up.add_argument("--api-port", type=int, default=4002, help="API port (default 4002)")
+    up.add_argument("--realtime-port", type=int, default=4003, help="live feed port (default 4003)")
     up.add_argument("--processor-metrics-port", type=int, default=4010,
                     help="processor /health and /metrics port (default 4010; 0 turns it off)")
     up.add_argument("--host", default="127.0.0.1", help="address the services listen on (default 127.0.0.1)")
@@ -51,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = schema_commands.add_parser(name, help=text)
         sub.add_argument("--timescaledb", choices=["auto", "on", "off"],
                          help="use TimescaleDB hypertables (sets TIMESCALEDB, default auto)")
+        sub.add_argument("--retention-days", type=int, metavar="DAYS",
+                         help="days of raw_events the retention policy keeps (sets RETENTION_DAYS, default 90)")
 
     site = commands.add_parser("site", help="add or list the sites Weir collects for")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -70,6 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_requeue.add_argument("entry_ids", nargs="*", metavar="ENTRY_ID", help="dead-letter entry ids to requeue")
     dlq_requeue.add_argument("--all", action="store_true", help="requeue every dead-lettered entry")
 
+    replay = commands.add_parser("replay", help="process stored events again: rebuild derived tables or reload events")
+    replay_commands = replay.add_subparsers(dest="replay_command", required=True, metavar="SOURCE")
+    replay_events = replay_commands.add_parser(
+        "events", help="rebuild sessions and rollups of a site for a range of days from raw_events")
+    replay_events.add_argument("--site", required=True, help="domain of the site to rebuild")
+    replay_events.add_argument("--from", dest="first", required=True, metavar="DAY",
+                               help="first local day to rebuild (YYYY-MM-DD, or an ISO-8601 time whose day is taken)")
+    replay_events.add_argument("--to", dest="last", required=True, metavar="DAY",
+                               help="last local day to rebuild (YYYY-MM-DD, or an ISO-8601 time whose day is taken)")
+    replay_events.add_argument("--only", default="sessions,rollups",
+                               help="comma-separated parts to rebuild: sessions (session ids, bot flags, fingerprints), "
+                                    "rollups (aggregated_metrics, daily_metrics, daily_visitors); default both")
+    replay_events.add_argument("--chunk-days", type=int, default=None, metavar="N",
+                               help="commit every N days instead of the whole range at once (default: one commit)")
+
+    replay_stream = replay_commands.add_parser(
+        "stream", help="process entries still kept in the event stream again, outside the consumer group")
+    replay_stream.add_argument("--from", dest="start", required=True, metavar="ID|TIME",
+                               help="first entry: an entry id (inclusive), an ISO-8601 time (UTC when it has no "
+                                    "offset) or - for the oldest entry kept")
+    replay_stream.add_argument("--to", dest="end", default="+", metavar="ID|TIME",
+                               help="last entry: an entry id (inclusive) or an ISO-8601 time (exclusive); "
+                                    "default the newest entry")
+    replay_stream.add_argument("--stream", default=EVENTS_STREAM, help=f"stream to read (default {EVENTS_STREAM})")
+    replay_stream.add_argument("--batch-size", type=int, metavar="ENTRIES",
+                               help="entries read and processed per page (sets BATCH_SIZE, default 100)")
+    replay_archive = replay_commands.add_parser(
+        "archive", help="load archive files or exported NDJSON events onto the event stream")
+    replay_archive.add_argument("paths", nargs="+", metavar="PATH",
+                                help="NDJSON files (plain or gzip) or folders, walked recursively; local paths "
+                                     "or fsspec URLs such as s3://bucket/weir")
+    replay_archive.add_argument("--resume", metavar="FILE",
+                                help="resume file: continue where the run that wrote it stopped, and update it "
+                                     "when this run stops (default when stopping: replay-archive.resume.json)")
+    replay_archive.add_argument("--no-wait", action="store_true",
+                                help="return once the events are queued, without waiting for the processors "
+                                     "to store them")
+
     imports = commands.add_parser("import-logs", help="import Apache/nginx access logs (plain or gzip) as pageviews")
     imports.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log files to read, in order")
     imports.add_argument("--site", required=True, help="domain of the site the logs belong to")
@@ -78,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--log-format", default="combined",
                          help="combined (default), common, vhost_combined, or a log format string in nginx "
                               "($remote_addr ...) or Apache (%%h %%t ...) syntax")
+    imports.add_argument("--dry-run", action="store_true",
+                         help="read the logs and report what would be imported (lines, pageviews, skipped, "
+                              "malformed, time range, top paths) without writing anything")
     return parser
 
 
@@ -112,11 +161,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "collector": commands.run_collector,
         "processor": commands.run_processor,
         "api": commands.run_api,
+        "realtime": commands.run_realtime,
         "up": commands.run_up,
         "schema": commands.schema,
         "site": commands.site,
         "import-logs": commands.import_logs,
         "dlq": commands.dead_letters,
+        "replay": commands.replay,
     }[args.command]
     return await handler(args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import asyncpg
@@ -13,14 +14,21 @@ from redis.exceptions import RedisError
 from ingest.collector import create_collector_app
 from ingest.settings import CollectorSettings
 from ops.errors import CommandError
+from ops.import_dry_run import dry_run_command
 from ops.importer import LogImporter, newest_time, shift_for
-from ops.services import ServiceSet, run_services
-from ops.settings import DatabaseToolSettings, SiteToolSettings, StreamToolSettings
+from ops.replay_archive import replay_archive_command
+from ops.replay_events import ONLY_CHOICES, replay_events
+from ops.replay_stream import replay_stream_command
+from ops.services import ServiceSet, install_stop_signals, run_services
+from ops.settings import DatabaseToolSettings, ReplaySettings, SiteToolSettings, StreamToolSettings
 from query.api import create_api_app
+from query.live import create_realtime_app
+from query.live_settings import RealtimeSettings
 from query.settings import ApiSettings
 from sinks.guard import run_guard, schema_sql
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
+from streams.bots import read_bot_patterns
 from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
 from streams.dead_letter import list_dead_letters, requeue
 from streams.keys import DEAD_LETTER_STREAM
@@ -57,16 +65,27 @@ async def run_api(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_realtime(args: argparse.Namespace) -> int:
+    settings = load_settings(RealtimeSettings, PORT=args.port, HOST=args.host)
+    configure_logging(settings.LOG_LEVEL)
+    services = ServiceSet()
+    services.add_app("realtime", create_realtime_app(settings), settings.HOST, settings.PORT)
+    await run_services(services)
+    return 0
+
+
 async def run_up(args: argparse.Namespace) -> int:
     collector = load_settings(CollectorSettings, PORT=args.collector_port, HOST=args.host)
     processor = load_settings(ProcessorSettings, METRICS_PORT=args.processor_metrics_port)
     api = load_settings(ApiSettings, PORT=args.api_port, HOST=args.host)
+    realtime = load_settings(RealtimeSettings, PORT=args.realtime_port, HOST=args.host)
     configure_logging(collector.LOG_LEVEL)
 
     services = ServiceSet()
     services.add_processor(Processor(processor), processor.METRICS_PORT)
     services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
     services.add_app("api", create_api_app(api), api.HOST, api.PORT)
+    services.add_app("realtime", create_realtime_app(realtime), realtime.HOST, realtime.PORT)
     await run_services(services)
     return 0
 
@@ -79,34 +98,58 @@ async def _connect(url: str) -> asyncpg.Connection:
 
 
 async def schema(args: argparse.Namespace) -> int:
-    settings = load_settings(DatabaseToolSettings, TIMESCALEDB=args.timescaledb)
+    settings = load_settings(DatabaseToolSettings, TIMESCALEDB=args.timescaledb, RETENTION_DAYS=args.retention_days)
     if args.schema_command == "sql":
-        for statement in schema_sql(settings.TIMESCALEDB == "on"):
+        for statement in schema_sql(settings.TIMESCALEDB == "on", settings.RETENTION_DAYS):
             print(statement + ";\n")
         return 0
 
-    configure_logging("warning" if args.schema_command == "check" else "info")
+    # check prints its own report, so the guard's drift warnings would only repeat it on stderr.
+    configure_logging("error" if args.schema_command == "check" else "info")
+    apply = args.schema_command == "apply"
     conn = await _connect(settings.DATABASE_URL)
     try:
-        plan = await run_guard(conn, timescaledb=settings.TIMESCALEDB, apply=args.schema_command == "apply")
+        plan = await run_guard(conn, timescaledb=settings.TIMESCALEDB, apply=apply,
+                               retention_days=settings.RETENTION_DAYS)
+    except asyncpg.PostgresError as error:
+        applied = "; the changes logged before the error are applied" if apply else ""
+        raise CommandError(f"weir schema {args.schema_command} failed: {error.__class__.__name__}: {error}"
+                           f"{applied}") from None
     finally:
         await conn.close()
 
-    if args.schema_command == "apply":
-        print(f"applied {len(plan.changes)} change(s); {len(plan.drift)} drift item(s) need an operator")
-        for drift in plan.drift:
-            print(f"drift: {drift.table}: {drift.description}\n  fix: {drift.fix_sql}")
+    if apply:
+        for change in plan.changes:
+            print(f"applied  {change.table}: {change.description}")
+        print(f"applied {len(plan.changes)} change(s) (layout: {plan.layout})")
+        _print_drift(plan.drift)
+        if plan.drift:
+            print(f"{len(plan.drift)} drift item(s) need an operator to run the statements shown")
         return 0
 
-    for change in plan.changes:
-        print(f"missing: {change.table}: {change.description}\n  apply: {change.sql}")
-    for drift in plan.drift:
-        print(f"drift: {drift.table}: {drift.description}\n  fix: {drift.fix_sql}")
     if plan.clean:
-        print("schema is up to date")
+        print(f"schema is up to date (layout: {plan.layout})")
         return 0
-    print(f"{len(plan.changes)} missing change(s), {len(plan.drift)} drift item(s); run `weir schema apply` for the missing ones")
+    print(f"schema differs from the code: {len(plan.changes)} missing change(s), {len(plan.drift)} drift item(s) "
+          f"(layout: {plan.layout})")
+    for change in plan.changes:
+        print(f"\nmissing  {change.table}: {change.description}\n{_as_script(change.sql)}")
+    _print_drift(plan.drift)
+    print("\nrun `weir schema apply` to apply the missing changes; drift needs an operator to run the statements shown")
     return 1
+
+
+def _print_drift(drift: list) -> None:
+    for item in drift:
+        print(f"\ndrift    {item.table}: {item.description}\n{_as_script(item.fix_sql)}")
+
+
+def _as_script(sql: str) -> str:
+    """Indent `sql` by four spaces and end its last statement with a semicolon."""
+    lines = sql.splitlines()
+    if not lines[-1].lstrip().startswith("--") and not lines[-1].endswith(";"):
+        lines[-1] += ";"
+    return "\n".join("    " + line for line in lines)
 
 
 async def site(args: argparse.Namespace) -> int:
@@ -142,6 +185,8 @@ async def _has_sites_table(conn: asyncpg.Connection) -> bool:
 
 
 async def import_logs(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return dry_run_command(args)
     settings = load_settings(StreamToolSettings)
     configure_logging("warning")
     for path in args.paths:
@@ -202,3 +247,48 @@ async def dead_letters(args: argparse.Namespace) -> int:
         raise CommandError(f"Redis at REDIS_URL failed: {error}") from None
     finally:
         await redis.aclose()
+
+
+def _day_argument(value: str, name: str):
+    from datetime import date, datetime
+
+    try:
+        return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value).date()
+    except ValueError:
+        raise CommandError(f"invalid {name} {value!r}: give a day as YYYY-MM-DD") from None
+
+
+async def replay(args: argparse.Namespace) -> int:
+    if args.replay_command == "stream":
+        return await replay_stream_command(args)
+    if args.replay_command == "archive":
+        return await replay_archive_command(args)
+    if args.replay_command != "events":
+        raise CommandError(f"unknown replay source {args.replay_command!r}")
+    settings = load_settings(ReplaySettings)
+    configure_logging("warning")
+    first, last = _day_argument(args.first, "--from"), _day_argument(args.last, "--to")
+    if last < first:
+        raise CommandError(f"invalid range: --to {last} is before --from {first}")
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = only - set(ONLY_CHOICES)
+    if unknown or not only:
+        raise CommandError(f"invalid --only {args.only!r}: use sessions, rollups or both, comma-separated")
+    if args.chunk_days is not None and args.chunk_days < 1:
+        raise CommandError(f"invalid --chunk-days {args.chunk_days}: give a whole number of days, 1 or more")
+
+    stopping = asyncio.Event()
+    install_stop_signals(stopping)
+    try:
+        reports = await replay_events(settings.DATABASE_URL, args.site, first, last, only=only,
+                                      chunk_days=args.chunk_days, bot_patterns=read_bot_patterns(settings.BOT_PATTERNS_FILE),
+                                      stopping=stopping)
+    except LookupError as error:
+        raise CommandError(str(error.args[0])) from None
+    except (OSError, asyncpg.PostgresError) as error:
+        raise CommandError(f"rebuild failed and was rolled back: {error}") from None
+    events = sum(r.events for r in reports)
+    changed = sum(r.bot_flags_changed for r in reports), sum(r.session_ids_changed for r in reports)
+    print(f"rebuilt {args.site} {first}..{last}: {events} events, {changed[0]} bot flags and {changed[1]} "
+          f"session ids changed, {sum(r.rollup_rows_written for r in reports)} rollup rows written")
+    return 0
