@@ -32,6 +32,7 @@ from query.scope import Scope
 from query.settings import ApiSettings
 from query.timeseries import timeseries
 from sinks.sites import get_site, load_sites
+from streams.live import LiveReader, now_ms
 from weir.health import HealthChecks, add_health_routes
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,28 @@ async def get_sites(request: web.Request) -> web.Response:
     return json_response({"data": [{"domain": s.domain, "timezone": s.timezone, "aliases": list(s.aliases)} for s in sites]})
 
 
+async def get_live(request: web.Request) -> web.Response:
+    """The site's live counters right now, from the same Redis keys the realtime service fans out."""
+    check_known(request, {"site"})
+    domain = request.query.get("site")
+    if not domain:
+        raise BadRequest("missing parameter 'site': give the site's domain, e.g. site=example.com", parameter="site")
+    async with request.app[POOL_KEY].acquire() as conn:
+        site = await get_site(conn, domain)
+    if site is None:
+        raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
+    snapshot = await LiveReader(request.app[REDIS_KEY]).read_snapshot(site.domain, now_ms())
+    return json_response({
+        "site": site.domain,
+        "visitors": snapshot.visitors,
+        "pageviews_last_minute": snapshot.pageviews,
+        "events_last_minute": snapshot.events,
+        "top_pages": [{"path": path, "pageviews": count} for path, count in snapshot.top_pages],
+        "top_sources": [{"source": source, "pageviews": count} for source, count in snapshot.top_sources],
+        "ingest_delay_ms": snapshot.delay_ms,
+    })
+
+
 async def get_openapi(_request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
@@ -249,6 +272,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     app.router.add_get("/api/audience", report({"dimension"} | LISTS, _breakdown(AUDIENCE, "country")))
     app.router.add_get("/api/network", report({"dimension"} | LISTS, _breakdown(NETWORK, "org_type", _government)))
     app.router.add_get("/api/sites", get_sites)
+    app.router.add_get("/api/live", get_live)
     app.router.add_get("/api/openapi.json", get_openapi)
     add_dashboard_routes(app)
     add_health_routes(app, checks)

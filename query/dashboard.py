@@ -7,7 +7,7 @@
 
 `version` is a hash of every file's content, written into index.html as it is loaded, so a
 browser keeps the files until they change and never mixes files of two releases. Modules import
-each other by relative paths, which resolve under the same version. Every answer carries a
+each other by relative paths, which resolve under the same version. Every response carries a
 Content-Security-Policy that allows scripts, styles and requests from this origin only: no
 inline script, no `eval`, no other host.
 """
@@ -36,7 +36,7 @@ CONTENT_TYPES = {
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 # `style-src 'self'` still lets scripts set element.style (CSSOM), which the bars and the chart
-# tooltip use; it blocks `style` attributes in markup and inline <style> elements.
+# tooltip use. It blocks `style` attributes in markup and inline <style> elements.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
     "script-src 'self'",
@@ -68,7 +68,7 @@ class Asset:
 
 @dataclass(frozen=True, slots=True)
 class Dashboard:
-    """The files of the dashboard, read once; `index` already names the assets under `version`."""
+    """The files of the dashboard, read once. `index` already names the assets under `version`."""
 
     version: str
     index: Asset
@@ -102,12 +102,26 @@ def load_dashboard(directory: Path = ASSET_DIR) -> Dashboard:
     return Dashboard(version, index, assets)
 
 
+def accepts_gzip(header: str) -> bool:
+    """Return whether an Accept-Encoding header allows gzip (`gzip;q=0` rejects it)."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip().removeprefix("q=")
+        try:
+            return not params.strip() or float(quality) > 0
+        except ValueError:
+            return False
+    return False
+
+
 def _serve(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
     headers = {**SECURITY_HEADERS, "Cache-Control": cache_control, "ETag": asset.etag, "Vary": "Accept-Encoding"}
     if asset.etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
         return web.Response(status=304, headers=headers)
     body = asset.body
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         body = asset.gzipped
         headers["Content-Encoding"] = "gzip"
     headers["Content-Type"] = asset.content_type
@@ -129,7 +143,7 @@ async def get_asset(request: web.Request) -> web.Response:
 
 
 def add_dashboard_routes(app: web.Application, directory: Path = ASSET_DIR) -> None:
-    """Serve the dashboard from `app` at `/` and `/assets/{version}/{name}`; reads the files now."""
+    """Serve the dashboard from `app` at `/` and `/assets/{version}/{name}`, reading the files now."""
     app[DASHBOARD_KEY] = load_dashboard(directory)
     app.router.add_get("/", get_index)
     app.router.add_get("/assets/{version}/{name}", get_asset)

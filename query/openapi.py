@@ -117,6 +117,20 @@ def openapi_document() -> dict:
             "/api/network": _operation("Sessions by network owner and traffic tier", [_dimension(NETWORK), *_LIST],
                                        _answer({"dimension": {"type": "string"}, "data": _BREAKDOWN_ROWS,
                                                 "government_share": _NULLABLE_NUMBER}, ["data"])),
+            "/api/live": {"get": {
+                "summary": "Live counters: visitors in the last 5 minutes, pageviews and events in the last minute",
+                "parameters": [_COMMON[0]],
+                "responses": {
+                    "200": {"description": "The counters.", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["site", "visitors", "pageviews_last_minute"],
+                        "properties": {"site": {"type": "string"}, "visitors": {"type": "integer"},
+                                       "pageviews_last_minute": {"type": "integer"},
+                                       "events_last_minute": {"type": "integer"},
+                                       "top_pages": {"type": "array"}, "top_sources": {"type": "array"},
+                                       "ingest_delay_ms": {"type": ["integer", "null"]}}}}}},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "404": {"$ref": "#/components/responses/NotFound"}}}},
             "/api/sites": {"get": {"summary": "The sites", "responses": {
                 "200": {"description": "Every site.", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["data"], "properties": {"data": {"type": "array"}}}}}},

@@ -3,8 +3,8 @@
 
 const KEY_NAME = "weir.apiKey";
 
+/** A failed API request; `status` is the HTTP status, or 0 when the server could not be reached. */
 export class ApiError extends Error {
-  /** A failed request: `status` is the HTTP status (0 when the server could not be reached). */
   constructor(message, status, parameter = null) {
     super(message);
     this.name = "ApiError";

@@ -127,7 +127,7 @@ function notify(message) {
   setTimeout(() => toast.remove(), 6000);
 }
 
-/** Collects the freshness of every answer of one render and shows a banner when any is stale. */
+/** Collects the freshness of every response of one render and shows a banner when any table is stale. */
 class FreshnessBanner {
   constructor() {
     this.node = h("div", { class: "banner", role: "alert", hidden: true });
@@ -325,6 +325,9 @@ async function render() {
   const banner = new FreshnessBanner();
   const ctx = context(route, renderId, banner, session.controller.signal);
   const main = h("main", { class: "content", dataset: { page: route.page } });
+  // Keep the old height while the new responses load, so a click low on the page keeps its place.
+  const previousHeight = root.querySelector("main.content")?.offsetHeight ?? 0;
+  main.style.minHeight = `${previousHeight}px`;
   replace(root,
     header(route),
     h("div", { class: "controls" }, periodControls(route), filterChips(route)),
@@ -335,9 +338,21 @@ async function render() {
   startLive(route.site);
   root.dataset.state = "loading";
   VIEWS[route.page](ctx, main);
+  for (const strip of root.querySelectorAll(".nav, .tabs")) revealActive(strip);
 
   await Promise.allSettled(ctx.pending);
-  if (renderId === session.renderId && root.dataset.state === "loading") root.dataset.state = "ready";
+  if (renderId !== session.renderId || root.dataset.state !== "loading") return;
+  main.style.minHeight = "";
+  root.dataset.state = "ready";
+}
+
+/** Scroll a strip of links sideways so its active one is in view; the page itself does not move. */
+function revealActive(strip) {
+  const active = strip.querySelector(".active");
+  if (!active || strip.scrollWidth <= strip.clientWidth) return;
+  const stripBox = strip.getBoundingClientRect();
+  const activeBox = active.getBoundingClientRect();
+  strip.scrollLeft += activeBox.left - stripBox.left - (stripBox.width - activeBox.width) / 2;
 }
 
 applyTheme();

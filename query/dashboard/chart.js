@@ -49,7 +49,7 @@ function draw(box, options) {
   const every = Math.max(1, Math.ceil(rows.length / Math.max(1, Math.floor(plotWidth / 80))));
   rows.forEach((row, i) => {
     if (i % every) return;
-    const anchor = rows.length === 1 ? "middle" : i === 0 ? "start" : "middle";
+    const anchor = rows.length > 1 && i === 0 ? "start" : "middle";
     svg.append(s("text", { class: "chart-label", x: x(i), y: height - 8, "text-anchor": anchor },
       formatBucket(row.bucket, interval, timeZone)));
   });

@@ -35,8 +35,8 @@ export function formatDuration(seconds) {
 }
 
 /**
- * Return the change from `previous` to `current` as `{text, direction}`; direction is "up",
- * "down" or "flat", and null comes back when there is nothing to compare with.
+ * Return the change from `previous` to `current` as `{text, direction}`, where direction is
+ * "up", "down" or "flat". Returns null when either value is missing.
  */
 export function formatChange(current, previous) {
   if (current === null || current === undefined || previous === null || previous === undefined) return null;
@@ -50,12 +50,37 @@ export function formatChange(current, previous) {
   return { text: `${rounded > 0 ? "+" : ""}${decimal.format(rounded)}%`, direction: rounded > 0 ? "up" : "down" };
 }
 
-/** Format an ISO time for an axis or a tooltip, at the precision of `interval`, in `timeZone`. */
+function formatDate(date, options) {
+  try {
+    return new Intl.DateTimeFormat(undefined, options).format(date);
+  } catch (error) {
+    // An unknown time zone name: show the time in UTC rather than nothing.
+    return new Intl.DateTimeFormat(undefined, { ...options, timeZone: "UTC" }).format(date);
+  }
+}
+
+function isLocalMidnight(date, timeZone) {
+  const options = { timeZone, hour: "numeric", minute: "numeric", hourCycle: "h23" };
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-US", options).formatToParts(date);
+  } catch (error) {
+    parts = new Intl.DateTimeFormat("en-US", { ...options, timeZone: "UTC" }).formatToParts(date);
+  }
+  const value = (type) => Number(parts.find((part) => part.type === type)?.value);
+  return value("hour") === 0 && value("minute") === 0;
+}
+
+/**
+ * Format an ISO time for an axis or a tooltip (`long`), at the precision of `interval`, in
+ * `timeZone`. An axis label of an hour or minute at local midnight shows the date instead.
+ */
 export function formatBucket(iso, interval, timeZone, long = false) {
   const date = new Date(iso);
   const options = { timeZone };
   if (interval === "minute" || interval === "hour") {
-    Object.assign(options, { hour: "2-digit", minute: "2-digit" });
+    if (!long && isLocalMidnight(date, timeZone)) return formatDate(date, { timeZone, month: "short", day: "numeric" });
+    Object.assign(options, { hour: "numeric", minute: "2-digit" });
     if (long) Object.assign(options, { month: "short", day: "numeric" });
   } else if (interval === "month") {
     Object.assign(options, { month: "short", year: long ? "numeric" : "2-digit" });
@@ -63,10 +88,5 @@ export function formatBucket(iso, interval, timeZone, long = false) {
     Object.assign(options, { month: "short", day: "numeric" });
     if (long) options.weekday = "short";
   }
-  try {
-    return new Intl.DateTimeFormat(undefined, options).format(date);
-  } catch (error) {
-    // An unknown time zone name: show the time in UTC rather than nothing.
-    return new Intl.DateTimeFormat(undefined, { ...options, timeZone: "UTC" }).format(date);
-  }
+  return formatDate(date, options);
 }

@@ -81,7 +81,7 @@ export function navigate(route, changes) {
   location.hash = routeHash(next);
 }
 
-/** The query parameters every report shares: site, period, comparison and filters. */
+/** Return the query parameters every report shares: site, period, comparison and filters. */
 export function reportParams(route) {
   const params = { site: route.site, period: route.period };
   if (route.period === "custom") Object.assign(params, { from: route.from, to: route.to });

@@ -4,7 +4,7 @@
 import { h, replace } from "./dom.js";
 import { formatInteger } from "./format.js";
 
-/** A card with a heading row (`title`, then `actions`) and a body; returns `{card, body}`. */
+/** Build a card with a heading row (`title`, then `actions`) and a body, and return `{card, body}`. */
 export function card(title, { actions = [], className = "", tabs = null } = {}) {
   const body = h("div", { class: "card-body" }, h("p", { class: "loading" }, "Loading…"));
   const head = h("div", { class: "card-head" }, h("h2", {}, title), h("div", { class: "card-actions" }, actions));
@@ -12,7 +12,7 @@ export function card(title, { actions = [], className = "", tabs = null } = {}) 
   return { card: cardNode, body };
 }
 
-/** A row of tabs; the current one is marked, and choosing one calls `onChoose(id)`. */
+/** Build a row of tabs that marks the current one and calls `onChoose(id)` when another is chosen. */
 export function tabBar(tabs, current, onChoose, label) {
   return h("div", { class: "tabs", role: "tablist", "aria-label": label },
     tabs.map((tab) => h("button", {
@@ -32,22 +32,23 @@ function cell(column, row) {
 }
 
 /**
- * Build the rows of a report. `label(row)` is the first cell's text (null shows as `empty`),
- * `barKey` sizes the bars against `barMax`, and `onSelect(row)` runs on a click or Enter.
+ * Build the rows of a report. `label(row)` is the row's value (null or "" shows as `emptyLabel`),
+ * `display(row)` the text shown for it when that differs, `barKey` sizes the bars against
+ * `barMax`, and `onSelect(row)` runs on a click or Enter.
  */
-export function tableRows(rows, { columns, label, barKey, barMax, onSelect, emptyLabel = "(none)" }) {
+export function tableRows(rows, { columns, label, display, barKey, barMax, onSelect, emptyLabel = "(none)" }) {
   return rows.map((row) => {
     const text = label(row);
+    const labelText = text === null || text === "" ? emptyLabel : (display?.(row) ?? text);
     const share = barMax > 0 ? Math.min(1, (row[barKey] ?? 0) / barMax) : 0;
     const clickable = Boolean(onSelect) && text !== null && text !== undefined && text !== "";
     const labelCell = h("td", { class: "label" },
       h("div", { class: "bar", style: { width: `${(share * 100).toFixed(2)}%` } }),
-      h("span", { class: ["label-text", (text === null || text === "") && "muted"], title: text ?? emptyLabel },
-        text === null || text === "" ? emptyLabel : text));
+      h("span", { class: ["label-text", (text === null || text === "") && "muted"], title: text ?? emptyLabel }, labelText));
     const tr = h("tr", { class: ["row", clickable && "clickable"] }, labelCell, columns.map((column) => cell(column, row)));
     if (clickable) {
       tr.tabIndex = 0;
-      tr.title = `Filter by ${text}`;
+      tr.title = `Filter by ${labelText}`;
       tr.addEventListener("click", () => onSelect(row));
       tr.addEventListener("keydown", (event) => {
         if (event.key === "Enter" || event.key === " ") {
@@ -60,7 +61,7 @@ export function tableRows(rows, { columns, label, barKey, barMax, onSelect, empt
   });
 }
 
-/** A table with a header for `labelHeading` and `columns`, filled by `tableRows`. */
+/** Build a table with a header for `labelHeading` and `columns`, filled by `tableRows`. */
 export function reportTable(rows, options) {
   const head = h("tr", {},
     h("th", { class: "label", scope: "col" }, options.labelHeading),

@@ -1,5 +1,5 @@
 // The six pages. Each view appends its cards to `main` at once, with "Loading…" bodies, and
-// fills each card when its answer arrives, so one slow report never holds up the others.
+// fills each card when its response arrives, so one slow report never holds up the others.
 //
 // `ctx` (built in app.js for each render) carries `route`, `params` (site, period, comparison
 // and filters for every report), `load(path, params)`, `setView(changes)` and `addFilter(dimension, value)`.
@@ -77,6 +77,18 @@ const NETWORK_DIMENSIONS = [
   { id: "government", label: "Government", column: "Government" },
 ];
 
+const regionNames = new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
+
+/** Return a country's name for its ISO 3166 code, or the value itself when it is no such code. */
+function countryName(code) {
+  if (!/^[A-Z]{2}$/.test(code ?? "")) return code;
+  try {
+    return regionNames.of(code);
+  } catch {
+    return code;
+  }
+}
+
 function chosen(options, id) {
   return options.find((option) => option.id === id) ?? options[0];
 }
@@ -109,7 +121,7 @@ function csvButton(ctx, name, path, params) {
 /**
  * A card holding one report table. `spec`: title, path, params, labelHeading, label(row),
  * columns, barKey, filter (the dimension a row click filters on, or null), limit, more (offer
- * "Show more"), tabs (`{items, current, onChoose}`) and footer(answer) for extra figures.
+ * "Show more"), tabs (`{items, current, onChoose}`) and footer(response) for extra figures.
  */
 function tablePanel(ctx, spec) {
   const params = { ...ctx.params, ...spec.params };
@@ -232,7 +244,7 @@ function overview(ctx, main) {
   main.append(stats, chartPanel(ctx), h("div", { class: "grid-2" },
     tablePanel(ctx, {
       id: "top-pages", title: "Top pages", path: "/api/pages", params: { kind: "top" }, labelHeading: "Page",
-      label: (row) => row.path, columns: [COLUMNS.visitors, COLUMNS.pageviews], barKey: "pageviews",
+      label: (row) => row.path, columns: [COLUMNS.pageviews, COLUMNS.visitors], barKey: "pageviews",
       filter: "page", limit: OVERVIEW_LIMIT,
     }),
     tablePanel(ctx, {
@@ -300,10 +312,11 @@ function events(ctx, main) {
 
 function dimensionPage(ctx, main, { title, path, dimensions, columns, footer }) {
   const dimension = chosen(dimensions, ctx.route.view.dimension);
+  const display = dimension.id === "country" ? (row) => countryName(row.value) : null;
   main.append(tablePanel(ctx, {
     id: `${slug(title)}-${dimension.id}`, title, path, params: { dimension: dimension.id },
     csvName: `${slug(title)}-${dimension.id}`, labelHeading: dimension.column, label: (row) => (row.value === null || row.value === undefined ? null : String(row.value)),
-    columns, barKey: "visitors", filter: dimension.id, more: true, footer,
+    display, columns, barKey: "visitors", filter: dimension.id, more: true, footer,
     tabs: { items: dimensions, current: dimension.id, onChoose: (id) => ctx.setView({ dimension: id }) },
   }));
 }

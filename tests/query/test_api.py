@@ -141,3 +141,15 @@ async def test_api_reads_from_read_url_and_never_writes(database_url, redis_url,
 
     assert sites == {"data": [{"domain": "r.example", "timezone": "UTC", "aliases": []}]}
     assert read_only == "on"
+
+
+async def test_live_counts_a_posted_pageview(stack, db, redis):
+    await add_site(stack, db, redis, Site("live.example", "UTC"))
+    await post_events(stack, [{"site": "live.example", "url": "https://live.example/now"}])
+    await wait_until_processed(redis)
+
+    status, live = await get(stack, "/api/live", {"site": "live.example"})
+
+    assert status == 200
+    assert (live["visitors"], live["pageviews_last_minute"]) == (1, 1)
+    assert live["top_pages"] == [{"path": "/now", "pageviews": 1}]

@@ -27,7 +27,7 @@ async def test_openapi_document_is_served_without_key(stack):
 
     assert response.status == 200
     assert document["openapi"] == "3.1.0"
-    assert sorted(document["paths"]) == ["/api/audience", "/api/events", "/api/network", "/api/overview",
+    assert sorted(document["paths"]) == ["/api/audience", "/api/events", "/api/live", "/api/network", "/api/overview",
                                          "/api/pages", "/api/sites", "/api/timeseries", "/api/traffic"]
 
 
