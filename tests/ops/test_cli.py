@@ -11,7 +11,7 @@ import pytest
 from ops.cli import build_parser
 from tests.conftest import REPO, weir_command
 
-SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["up"], ["schema", "check"], ["schema", "apply"],
+SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
                ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"]]
 
 
