@@ -12,7 +12,8 @@ from ops.cli import build_parser
 from tests.conftest import REPO, weir_command
 
 SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
-               ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"]]
+               ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"], ["dlq", "list"], ["dlq", "requeue"],
+               ["replay", "events"], ["replay", "stream"], ["replay", "archive"]]
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
