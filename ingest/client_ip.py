@@ -8,6 +8,7 @@ zone ids are removed; IPv4-mapped IPv6 addresses become plain IPv4.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -29,13 +30,19 @@ def parse_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_ip(text: str | None) -> IPAddress | None:
-    """Parse one address as it appears in a header or a socket name; None when it is not an address."""
+    """Parse one address as it appears in a header or a socket name; None when it is not an address.
+
+    Cached: a connection's peer and a proxy's addresses repeat on every request.
+    """
     if not text:
         return None
     text = text.strip().strip('"')
     if text.startswith("["):
-        text = text[1:].split("]", 1)[0]
+        text, closed, _port = text[1:].partition("]")
+        if not closed:
+            return None
     elif text.count(":") == 1:
         text = text.split(":", 1)[0]
     text = text.split("%", 1)[0]

@@ -6,11 +6,14 @@ posted event pass the same checks and get ids and visitor ids the same way.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import orjson
 
@@ -24,6 +27,11 @@ MAX_ACTION_CHARS = 255
 MAX_URL_CHARS = 4096
 MAX_ID_CHARS = 255
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; older timestamps are certainly wrong clocks
+MS_PER_DAY = 86_400_000
+CLOCK_STEP_MS = 10_000
+"""Step that clock corrections are rounded to. A retry has new send and receive times but the
+same event time, so rounding gives it the same corrected time and the same stable id. Skews
+under half a step are left alone."""
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 
@@ -38,6 +46,11 @@ class RequestContext:
     trust_timestamps: bool = False
     """Take event times as given, even later than `received_ms`; only for operator imports,
     where clamping would make a re-import store other times (and so other rows)."""
+    sent_at_ms: int | None = None
+    """The client's clock when it sent the request (Segment's `sentAt`), for clock correction."""
+    trust_item_ip: bool = False
+    """Take an item's `ip` field as the client address; only for authenticated server-side
+    senders (a Segment write key), which report their own users' addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,14 @@ class Rejection:
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "reason": self.reason, "error": self.message}
+
+
+@dataclass(slots=True)
+class RequestMemo:
+    """Site lookups and visitor ids already computed for earlier items of the same request."""
+
+    sites: dict[str, str] = field(default_factory=dict)
+    visitors: dict[tuple, str] = field(default_factory=dict)
 
 
 class InvalidEvent(ValueError):
@@ -92,7 +113,8 @@ def _optional_str(item: dict, name: str, limit: int) -> str | None:
         raise InvalidEvent("invalid_field", f"field {name!r} must be a string, got {type(value).__name__}")
     if len(value) > limit:
         raise InvalidEvent("invalid_field", f"field {name!r} is {len(value)} characters long; the limit is {limit}")
-    return clean_text(value)
+    # No clean_text here: build_one has already removed NUL characters from the whole item.
+    return value
 
 
 def parse_timestamp(value: Any) -> int | None:
@@ -102,6 +124,8 @@ def parse_timestamp(value: Any) -> int | None:
     if isinstance(value, bool):
         raise InvalidEvent("invalid_timestamp", f"timestamp {value!r} is not a time")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or abs(value) > 1e15:
+            raise InvalidEvent("invalid_timestamp", f"timestamp {value!r} is out of range")
         # Numbers below 10^11 are seconds (until the year 5138), larger ones milliseconds.
         return int(value * 1000) if abs(value) < 1e11 else int(value)
     if isinstance(value, str):
@@ -113,7 +137,10 @@ def parse_timestamp(value: Any) -> int | None:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        return int(moment.timestamp() * 1000)
+        try:
+            return int(moment.timestamp() * 1000)
+        except (OverflowError, ValueError):
+            raise InvalidEvent("invalid_timestamp", f"timestamp {value!r} is out of range") from None
     raise InvalidEvent("invalid_timestamp", f"timestamp must be a string or a number, got {type(value).__name__}")
 
 
@@ -129,40 +156,67 @@ class EventBuilder:
         """Return the accepted events and the rejections, each rejection naming its item's index."""
         events: list[Event] = []
         rejections: list[Rejection] = []
+        memo = RequestMemo()
         for index, item in enumerate(items):
             try:
-                events.append(await self.build_one(item, context))
+                events.append(await self.build_one(item, context, memo))
             except InvalidEvent as error:
                 rejections.append(Rejection(index, error.reason, str(error)))
         return events, rejections
 
-    async def build_one(self, item: Any, context: RequestContext) -> Event:
-        """Return the Event for one payload item; raise InvalidEvent naming what is wrong."""
+    async def build_one(self, item: Any, context: RequestContext, memo: RequestMemo | None = None) -> Event:
+        """Return the Event for one payload item; raise InvalidEvent naming what is wrong.
+
+        `memo` carries site lookups and visitor ids from one item to the next of the same
+        request, whose events mostly share their site, address and user agent.
+        """
+        if memo is None:
+            memo = RequestMemo()
         if not isinstance(item, dict):
             raise InvalidEvent("not_an_object", f"an event must be a JSON object, got {type(item).__name__}")
-        size = len(orjson.dumps(item))
-        if size > self._max_event_bytes:
-            raise InvalidEvent("event_too_large", f"event is {size} bytes; the limit is {self._max_event_bytes}")
-        item = clean_json(item)
+        try:
+            encoded = orjson.dumps(item)
+        except orjson.JSONEncodeError as error:
+            # orjson encodes at most 254 levels of nesting, fewer than its decoder reads.
+            raise InvalidEvent("invalid_field", f"event cannot be stored as JSON: {error}") from None
+        if len(encoded) > self._max_event_bytes:
+            raise InvalidEvent("event_too_large",
+                               f"event is {len(encoded)} bytes; the limit is {self._max_event_bytes}")
+        if b"\\u0000" in encoded:
+            item = clean_json(item)
 
         url = _optional_str(item, "url", MAX_URL_CHARS)
-        site = await self._resolve_site(item, url)
+        host = _site_host(item, url)
+        site = memo.sites.get(host)
+        if site is None:
+            site = memo.sites[host] = await self._resolve_site(host)
         event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
         if not _TYPE_PATTERN.match(event_type):
             raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
         action = self._action(item, event_type, url)
 
         timestamp_ms = parse_timestamp(item.get("timestamp"))
-        timestamp_ms = self._correct_clock(timestamp_ms, context)
+        sent_at_ms = parse_timestamp(item.get("sent_at")) or context.sent_at_ms
+        timestamp_ms = self._correct_clock(timestamp_ms, sent_at_ms, context)
         client_id = _optional_str(item, "id", MAX_ID_CHARS) or _optional_str(item, "message_id", MAX_ID_CHARS)
         event_id = stable_event_id(site, client_id, timestamp_ms) if client_id else new_event_id(context.received_ms)
 
         user_agent = _optional_str(item, "user_agent", 2048) or context.user_agent
-        ip = context.ip or ""
-        salt = await self._salts.salt_for_day(utc_day(timestamp_ms))
+        ip = context.ip
+        if context.trust_item_ip:
+            ip = _optional_ip(item) or ip
+        anonymous_id = _optional_str(item, "anonymous_id", MAX_ID_CHARS)
+        user_id = _optional_str(item, "user_id", MAX_ID_CHARS)
         props = item.get("props", item.get("metadata")) or {}
         if not isinstance(props, dict):
             raise InvalidEvent("invalid_field", f"props must be a JSON object, got {type(props).__name__}")
+
+        day = _utc_day(timestamp_ms)
+        visitor_key = (day, site, ip, user_agent, anonymous_id)
+        visitor = memo.visitors.get(visitor_key)
+        if visitor is None:
+            salt = await self._salts.salt_for_day(day)
+            visitor = memo.visitors[visitor_key] = _visitor_id(salt, site, ip, user_agent, anonymous_id)
 
         return Event(
             id=str(event_id),
@@ -171,22 +225,17 @@ class EventBuilder:
             action=action,
             timestamp_ms=timestamp_ms,
             received_ms=context.received_ms,
-            visitor_id=visitor_id(salt, site, ip, user_agent or ""),
+            visitor_id=visitor,
             url=url,
             referrer=_optional_str(item, "referrer", MAX_URL_CHARS),
             user_agent=user_agent,
-            ip=context.ip,
-            user_id=_optional_str(item, "user_id", MAX_ID_CHARS),
+            ip=ip,
+            user_id=user_id,
             props=props,
             source=context.source,
         )
 
-    async def _resolve_site(self, item: dict, url: str | None) -> str:
-        host = _optional_str(item, "site", 253) or _optional_str(item, "domain", 253)
-        if host is None and url:
-            host = urlsplit(url).hostname
-        if not host:
-            raise InvalidEvent("missing_site", "event has no site: send `site` (the domain) or an absolute `url`")
+    async def _resolve_site(self, host: str) -> str:
         site = await self._sites.lookup(host)
         if site is None:
             name = normalize_host(host)
@@ -200,10 +249,15 @@ class EventBuilder:
         if event_type == PAGEVIEW:
             path = _optional_str(item, "path", MAX_URL_CHARS)
             if path is None and url:
-                path = urlsplit(url).path or "/"
+                parts = _split_url(url)
+                path = (parts.path or "/") + (f"#{parts.fragment}" if parts.fragment else "")
             if path is None:
                 raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
-            path = decode_path(path.split("?", 1)[0].split("#", 1)[0]) or "/"
+            path, _, fragment = path.partition("#")
+            path = decode_path(path.split("?", 1)[0]) or "/"
+            if fragment and item.get("hash_mode"):
+                # Hash-routed single-page apps keep their route in the fragment.
+                path = f"{path}#{decode_path(fragment)}"
             return path[:MAX_ACTION_CHARS]
 
         name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
@@ -212,12 +266,66 @@ class EventBuilder:
         return name
 
     @staticmethod
-    def _correct_clock(timestamp_ms: int | None, context: RequestContext) -> int:
+    def _correct_clock(timestamp_ms: int | None, sent_at_ms: int | None, context: RequestContext) -> int:
+        """Move a client's event time onto our clock using its send time, and never past receipt."""
         if timestamp_ms is None:
             return context.received_ms
+        if context.trust_timestamps:
+            if timestamp_ms < EARLIEST_MS:
+                raise InvalidEvent("invalid_timestamp", f"timestamp {timestamp_ms} ms is before 2000-01-01")
+            return timestamp_ms
+        if sent_at_ms is not None:
+            # The client's clock is off by (receive - send), network delay included, as Segment computes it.
+            offset_ms = round((context.received_ms - sent_at_ms) / CLOCK_STEP_MS) * CLOCK_STEP_MS
+            timestamp_ms += offset_ms
         if timestamp_ms < EARLIEST_MS:
             raise InvalidEvent("invalid_timestamp", f"timestamp {timestamp_ms} ms is before 2000-01-01")
-        if context.trust_timestamps:
-            return timestamp_ms
-        # A client clock ahead of ours is clamped, so no posted event is stored in the future.
+        # What is still ahead of our clock is clamped, so no posted event is stored in the future.
         return min(timestamp_ms, context.received_ms)
+
+
+@functools.lru_cache(maxsize=16)
+def _utc_day_of(day_number: int) -> str:
+    return utc_day(day_number * MS_PER_DAY)
+
+
+def _utc_day(unix_ms: int) -> str:
+    """Return `streams.visitor.utc_day(unix_ms)`, cached by day."""
+    return _utc_day_of(unix_ms // MS_PER_DAY)
+
+
+def _site_host(item: dict, url: str | None) -> str:
+    host = _optional_str(item, "site", 253) or _optional_str(item, "domain", 253)
+    if host is None and url:
+        host = _split_url(url).hostname
+    if not host:
+        raise InvalidEvent("missing_site", "event has no site: send `site` (the domain) or an absolute `url`")
+    return host
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as error:
+        raise InvalidEvent("invalid_field", f"url {url[:200]!r} is not a valid URL: {error}") from None
+
+
+def _optional_ip(item: dict) -> str | None:
+    text = _optional_str(item, "ip", 64)
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise InvalidEvent("invalid_field", f"ip {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _visitor_id(salt: bytes, site: str, ip: str | None, user_agent: str | None, anonymous_id: str | None) -> str:
+    """Hash the sender's `anonymous_id` when it has one, else its IP address and user agent.
+
+    Server-side SDKs send from one address for all their users, so an SDK's anonymous id keeps
+    those users apart. The daily salt still rotates every visitor id.
+    """
+    if anonymous_id:
+        return visitor_id(salt, site, f"anonymous_id:{anonymous_id}", "")
+    return visitor_id(salt, site, ip or "", user_agent or "")
