@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_stream.add_argument("--to", dest="end", default="+", metavar="ID|TIME",
                                help="last entry: an entry id (inclusive) or an ISO-8601 time (exclusive); "
                                     "default the newest entry")
-    replay_stream.add_argument("--stream", default=EVENTS_STREAM, help=f"stream to read (default {EVENTS_STREAM})")
+    replay_stream.add_argument("--stream", help=f"stream to read (default: every event stream of the deployment, "
+                                                f"which is {EVENTS_STREAM} unless STREAM_PARTITIONS or "
+                                                "REDIS_CLUSTER is set)")
     replay_stream.add_argument("--batch-size", type=int, metavar="ENTRIES",
                                help="entries read and processed per page (sets BATCH_SIZE, default 100)")
     replay_archive = replay_commands.add_parser(
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or fsspec URLs such as s3://bucket/weir")
     replay_archive.add_argument("--resume", metavar="FILE",
                                 help="resume file: continue where the run that wrote it stopped, and update it "
-                                     "when this run stops (default when stopping: replay-archive.resume.json)")
+                                     "when this run stops (default when stopping: weir-replay-archive.resume)")
     replay_archive.add_argument("--no-wait", action="store_true",
                                 help="return once the events are queued, without waiting for the processors "
                                      "to store them")

@@ -8,8 +8,6 @@ import sys
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ingest.collector import create_collector_app
 from ingest.settings import CollectorSettings
@@ -30,10 +28,11 @@ from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from streams.bots import read_bot_patterns
 from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
-from streams.dead_letter import list_dead_letters, requeue
-from streams.keys import DEAD_LETTER_STREAM
+from streams.dead_letter import list_all_dead_letters, requeue_all
+from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from weir.logs import configure_logging
+from weir.redis import REDIS_ERRORS, connect_redis
 from weir.settings import load_settings
 
 
@@ -155,7 +154,7 @@ def _as_script(sql: str) -> str:
 async def site(args: argparse.Namespace) -> int:
     settings = load_settings(SiteToolSettings)
     conn = await _connect(settings.DATABASE_URL)
-    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
     try:
         await run_guard(conn, apply=True) if not await _has_sites_table(conn) else None
         if args.site_command == "list":
@@ -172,7 +171,7 @@ async def site(args: argparse.Namespace) -> int:
         stored = await get_site(conn, record.domain)
         print(f"site {stored.domain} ready (time zone {stored.timezone}, aliases: {', '.join(stored.aliases) or '-'})")
         return 0
-    except RedisError as error:
+    except REDIS_ERRORS as error:
         raise CommandError(f"the site is stored, but publishing it to REDIS_URL failed: {error}; "
                            "the next processor start publishes it") from None
     finally:
@@ -193,18 +192,19 @@ async def import_logs(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CommandError(f"log file not found: {path}")
 
-    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
     try:
         record = await SiteDirectory(redis).lookup(args.site)
         if record is None:
             raise CommandError(f"unknown site {args.site!r}: add it first with "
                                f"`weir site add {args.site} --timezone Area/City`")
         shift = shift_for(newest_time(args.paths, args.log_format)) if args.shift_to_today else None
-        importer = LogImporter(redis, record, log_format=args.log_format, shift=shift or shift_for(None))
+        importer = LogImporter(redis, record, log_format=args.log_format, shift=shift or shift_for(None),
+                               partitions=StreamPartitions.from_settings(settings))
         summary = await importer.import_files(args.paths)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    except RedisError as error:
+    except REDIS_ERRORS as error:
         raise CommandError(f"writing to the stream at REDIS_URL failed: {error}; re-run the import, "
                            "lines already written are skipped by their ids") from None
     finally:
@@ -218,10 +218,11 @@ async def import_logs(args: argparse.Namespace) -> int:
 
 async def dead_letters(args: argparse.Namespace) -> int:
     settings = load_settings(StreamToolSettings)
-    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    dead_letter_streams = StreamPartitions.from_settings(settings).dead_letter_streams()
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
     try:
         if args.dlq_command == "list":
-            letters = await list_dead_letters(redis, DEAD_LETTER_STREAM, args.limit)
+            letters = await list_all_dead_letters(redis, dead_letter_streams, args.limit)
             for letter in letters:
                 if args.json:
                     print(orjson.dumps({"entry_id": letter.entry_id, "original_entry_id": letter.original_entry_id,
@@ -232,18 +233,19 @@ async def dead_letters(args: argparse.Namespace) -> int:
                     print(f"{letter.entry_id}\tfrom {letter.stream} {letter.original_entry_id}\t"
                           f"deliveries {letter.deliveries}\t{letter.error}")
             if not args.json:
-                print(f"{len(letters)} dead-lettered entr{'y' if len(letters) == 1 else 'ies'} in {DEAD_LETTER_STREAM}")
+                print(f"{len(letters)} dead-lettered entr{'y' if len(letters) == 1 else 'ies'} in "
+                      f"{', '.join(dead_letter_streams)}")
             return 0
 
         if not args.all and not args.entry_ids:
             raise CommandError("name the entries to requeue (ENTRY_ID ...) or pass --all")
         try:
-            new_ids = await requeue(redis, DEAD_LETTER_STREAM, None if args.all else args.entry_ids)
+            new_ids = await requeue_all(redis, dead_letter_streams, None if args.all else args.entry_ids)
         except KeyError as error:
             raise CommandError(f"{error.args[0]}; list them with `weir dlq list`") from None
         print(f"requeued {len(new_ids)} entr{'y' if len(new_ids) == 1 else 'ies'}")
         return 0
-    except RedisError as error:
+    except REDIS_ERRORS as error:
         raise CommandError(f"Redis at REDIS_URL failed: {error}") from None
     finally:
         await redis.aclose()

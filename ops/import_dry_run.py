@@ -4,8 +4,8 @@ The dry run parses the logs with the same format and pageview rule as the import
 bots with the processor's bot detector and its built-in lists (not BOT_PATTERNS_FILE). It
 connects to nothing, so it neither checks that the site exists nor runs the collector's checks
 on each event.
-NOTE: the collector's checks can still reject a line that the dry run counts as a pageview
-(a timestamp before 2000, a URL over 4,096 characters); the import reports those as rejected.
+NOTE: the collector's checks can still reject a line that the dry run counts as a pageview,
+such as a timestamp before 2000 or a URL over 4,096 characters. The import counts those as rejected.
 """
 
 from __future__ import annotations

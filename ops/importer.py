@@ -4,7 +4,8 @@ Each pageview line becomes a pageview event with the line's client address and u
 it gets a visitor id and bot flag exactly as a live request would. Its event id is derived from
 the site, the line's text and how often that same text occurred before in the file, so
 importing a file again writes the same ids and the sinks skip them. Lines that are not
-pageviews (other methods, error statuses, static files) are counted and not written.
+pageviews (other methods, error statuses, static files) are counted and not written. Each event
+goes to its visitor's partition of the stream (`streams.partitions`), in the order of the lines.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
-from redis.asyncio import Redis
-
 from ingest.validate import EventBuilder, InvalidEvent, RequestContext
 from ops.logformat import MalformedLine, day_shift_to_today, is_pageview, parse_line, read_log_lines, request_path
 from streams.event import Event, encode_entry
-from streams.keys import EVENTS_STREAM
+from streams.partitions import StreamPartitions
 from streams.sites import Site, SiteDirectory
 from streams.visitor import SaltStore
+from weir.redis import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,21 @@ def newest_time(paths: list[Path], log_format: str) -> datetime | None:
 class LogImporter:
     """Reads log files and writes their pageviews to the event stream in pipelined batches."""
 
-    def __init__(self, redis: Redis, site: Site, *, log_format: str = "combined", shift: timedelta = timedelta(0),
-                 progress: TextIO | None = sys.stderr, stream: str = EVENTS_STREAM) -> None:
+    def __init__(self, redis: RedisClient, site: Site, *, log_format: str = "combined",
+                 shift: timedelta = timedelta(0), progress: TextIO | None = sys.stderr,
+                 partitions: StreamPartitions = StreamPartitions()) -> None:
         self.redis = redis
         self.site = site
         self.log_format = log_format
         self.shift = shift
         self.progress = progress
-        self.stream = stream
+        self.partitions = partitions
         self.builder = EventBuilder(SiteDirectory(redis), SaltStore(redis))
         self.summary = ImportSummary()
-        self._pending: list[Event] = []
-        self._entries: list[dict] = []
+        self._pending: dict[str, list[Event]] = {}
+        """Events not yet in an entry, by stream."""
+        self._entries: list[tuple[str, dict]] = []
+        """Entries not yet written: stream and fields."""
         self._last_progress = time.monotonic()
         self._started = time.monotonic()
 
@@ -127,19 +130,28 @@ class LogImporter:
             self.summary.rejected_reasons[error.reason] += 1
             logger.warning("log line rejected path=%s line=%d reason=%s error=%s", path, number, error.reason, error)
             return
-        self._pending.append(event)
-        if len(self._pending) >= EVENTS_PER_ENTRY:
+        stream = self.partitions.stream_of(event)
+        pending = self._pending.setdefault(stream, [])
+        pending.append(event)
+        if len(pending) >= EVENTS_PER_ENTRY:
+            self._add_entry(stream)
             await self._flush()
 
+    def _add_entry(self, stream: str) -> None:
+        events = self._pending.pop(stream)
+        self._entries.append((stream, encode_entry(events)))
+        self.summary.events_written += len(events)
+
     async def _flush(self, final: bool = False) -> None:
-        if self._pending:
-            self._entries.append(encode_entry(self._pending))
-            self.summary.events_written += len(self._pending)
-            self._pending = []
+        if final:
+            for stream in list(self._pending):
+                self._add_entry(stream)
         if self._entries and (final or len(self._entries) >= ENTRIES_PER_PIPELINE):
+            # Not a transaction, which redis-py's cluster pipelines reject; an import run again
+            # after a failure writes the same event ids, and the sinks skip those stored already.
             async with self.redis.pipeline(transaction=False) as pipe:
-                for fields in self._entries:
-                    pipe.xadd(self.stream, fields)
+                for stream, fields in self._entries:
+                    pipe.xadd(stream, fields)
                 await pipe.execute()
             self._entries = []
 

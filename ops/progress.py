@@ -18,7 +18,7 @@ class Progress:
     """Counts work done in `unit`s against `total` and prints the rate and the ETA.
 
     `total` may be None (no ETA is printed) or an estimate: once the count passes it, the
-    ETA is left out. A unit of "bytes" is printed in kB, MB or GB.
+    total and the ETA are left out. A unit of "bytes" is printed in kB, MB or GB.
     """
 
     def __init__(self, total: int | None, unit: str, stream: TextIO | None = sys.stderr, *, label: str = "",
@@ -58,7 +58,7 @@ class Progress:
 
     def report(self) -> str:
         """Return the current line, e.g. `replay: 1,200/4,000 entries (30%), 600 entries/s, ETA 5.0s`."""
-        if self.total is not None:
+        if self.total is not None and self.done <= self.total:
             share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
             amount = f"{self._count(self.done)}/{self._count(self.total)}{self._suffix()}{share}"
         else:

@@ -3,7 +3,7 @@
 Input files are NDJSON, plain or gzip (detected by the magic bytes), one event object per line.
 A folder is walked recursively for files named *.ndjson, *.jsonl or *.json, each optionally
 ending in .gz. Paths may be local or fsspec URLs (s3://bucket/weir) when fsspec is installed.
-Two kinds of line are told apart by their fields:
+The fields of a line decide its kind:
 
 - An archive line, written by `sinks.archive`, has `visitor_id` and `received_ms`. It becomes
   the same `Event` again, with its id and visitor id, so loading it twice stores it once.
@@ -13,7 +13,8 @@ Two kinds of line are told apart by their fields:
   often that text occurred before in its file, so loading the file again gives the same ids.
 
 Events are handled in pages. Those already in raw_events are counted and left out, and the
-rest go onto the stream in entries of EVENTS_PER_ENTRY events for the processors to store.
+rest go onto their visitor's partition of the stream (`streams.partitions`) in entries of
+EVENTS_PER_ENTRY events for the processors to store.
 Entries of archive lines carry `origin=archive`, so the archive sink does not write them twice.
 Malformed lines are reported with file and line number, and the replay goes on.
 """
@@ -41,9 +42,6 @@ from typing import Any, BinaryIO
 import asyncpg
 import orjson
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ingest.validate import EventBuilder, InvalidEvent, RequestContext, RequestMemo
 from ops.errors import CommandError
@@ -51,11 +49,13 @@ from ops.progress import Progress
 from ops.replay_stream import install_stop_handlers
 from sinks.archive import ARCHIVE_ORIGIN, ORIGIN_FIELD
 from streams.event import Event, encode_entry
-from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP
+from streams.keys import PROCESSOR_GROUP
+from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from streams.visitor import SaltStore
 from weir.logs import configure_logging
-from weir.settings import load_settings
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
+from weir.settings import StreamLayoutSettings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ MAX_TRACKED_EVENTS = 2_000_000
 """Queued event ids kept in memory (about 150 bytes each) to skip repeats across pages and to
 count, after the processors ran, how many were newly stored. Past this, neither is done."""
 PROBLEMS_SHOWN = 100
-DEFAULT_RESUME_FILE = "replay-archive.resume.json"
+DEFAULT_RESUME_FILE = "weir-replay-archive.resume"
+"""Resume file written in the current folder when a replay without --resume stops. Its name does
+not end in .json, so a replay of the current folder does not read it as input."""
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
 WAIT_REPORT_INTERVAL_S = 5.0
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -76,10 +78,8 @@ SELECT r.id FROM raw_events r
 """
 
 
-class ArchiveReplaySettings(BaseSettings):
-    """Environment of `weir replay archive`: the stream it writes and the table it checks."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+class ArchiveReplaySettings(StreamLayoutSettings):
+    """Environment of `weir replay archive`: the streams it writes and the table it checks."""
 
     REDIS_URL: str = Field(description="Redis holding the event stream")
     DATABASE_URL: str = Field(description="PostgreSQL whose raw_events tells which events are stored already")
@@ -146,7 +146,7 @@ def _remote_sources(url: str) -> list[SourceFile]:
 
 
 class TruncatedFile(Exception):
-    """A gzip file that ends inside a member or holds corrupt data, after `line_number` good lines."""
+    """A gzip file that ends inside a member or contains corrupt data, after `line_number` good lines."""
 
     def __init__(self, line_number: int, error: Exception) -> None:
         super().__init__(f"gzip data is truncated or corrupt after line {line_number}: {error}")
@@ -224,7 +224,7 @@ def archived_event(item: dict) -> Event:
 
 @dataclass
 class ResumeState:
-    """Where a replay stopped: the paths it was given, the files it finished and the line reached."""
+    """Position of a replay: the paths it was given, the files it finished and the line it reached."""
 
     paths: list[str]
     done: list[str] = field(default_factory=list)
@@ -250,7 +250,7 @@ class ResumeState:
 
 @dataclass
 class ArchiveReplayReport:
-    """What an archive replay read and did; `newly_stored` is None until the processors were waited for."""
+    """Counts of an archive replay; `newly_stored` is None unless the replay waited for the processors."""
 
     files_read: int = 0
     lines_read: int = 0
@@ -262,7 +262,8 @@ class ArchiveReplayReport:
     malformed: int = 0
     rejected: int = 0
     rejected_reasons: Counter = field(default_factory=Counter)
-    last_entry_id: str | None = None
+    last_entry_ids: dict[str, str] = field(default_factory=dict)
+    """The newest entry queued on each stream."""
     stopped: bool = False
 
     def line(self) -> str:
@@ -275,12 +276,12 @@ class ArchiveReplayReport:
 class ArchiveReplay:
     """Reads NDJSON sources page by page, leaves out stored events and queues the rest on the stream."""
 
-    def __init__(self, redis: Redis, conn: asyncpg.Connection, *, stream: str = EVENTS_STREAM,
-                 page_events: int = PAGE_EVENTS, progress: Progress | None = None,
-                 problems: Any = sys.stderr) -> None:
+    def __init__(self, redis: RedisClient, conn: asyncpg.Connection, *,
+                 partitions: StreamPartitions = StreamPartitions(), page_events: int = PAGE_EVENTS,
+                 progress: Progress | None = None, problems: Any = sys.stderr) -> None:
         self.redis = redis
         self.conn = conn
-        self.stream = stream
+        self.partitions = partitions
         self.page_events = page_events
         self.progress = progress
         self.problems = problems
@@ -294,10 +295,10 @@ class ArchiveReplay:
         self._problems_seen = 0
 
     async def run(self, sources: list[SourceFile], stopping: asyncio.Event, state: ResumeState) -> ResumeState:
-        """Replay `sources` from `state` on; return the state to resume from, or one with every file done.
+        """Replay `sources` from `state` on, updating `state` in place, and return it.
 
-        A stop request is honoured after the page in hand is queued; the returned state then
-        names the file and the last line whose event is on the stream.
+        A stop request is honoured after the page in hand is queued. The state then names the
+        file and its last line whose event is on the stream. After a full run, every file is done.
         """
         for source in sources:
             if source.name in state.done:
@@ -399,21 +400,22 @@ class ArchiveReplay:
             return
 
         stored = await self._stored_ids(archived + foreign)
-        entries: list[dict[bytes, bytes]] = []
+        entries: list[tuple[str, dict[bytes, bytes]]] = []
         for events, origin in ((archived, ARCHIVE_ORIGIN), (foreign, None)):
-            fresh = self._fresh(events, stored)
-            for start in range(0, len(fresh), EVENTS_PER_ENTRY):
-                fields = encode_entry(fresh[start:start + EVENTS_PER_ENTRY])
-                if origin is not None:
-                    fields[ORIGIN_FIELD] = origin
-                entries.append(fields)
+            for stream, fresh in self.partitions.route(self._fresh(events, stored)).items():
+                for start in range(0, len(fresh), EVENTS_PER_ENTRY):
+                    fields = encode_entry(fresh[start:start + EVENTS_PER_ENTRY])
+                    if origin is not None:
+                        fields[ORIGIN_FIELD] = origin
+                    entries.append((stream, fields))
         if not entries:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for fields in entries:
-                pipe.xadd(self.stream, fields)
+            for stream, fields in entries:
+                pipe.xadd(stream, fields)
             entry_ids = await pipe.execute()
-        self.report.last_entry_id = _text(entry_ids[-1])
+        for (stream, _fields), entry_id in zip(entries, entry_ids):
+            self.report.last_entry_ids[stream] = _text(entry_id)
 
     def _fresh(self, events: list[Event], stored: set[uuid.UUID]) -> list[Event]:
         """Return the events to queue, counting the stored ones and those queued already."""
@@ -483,33 +485,41 @@ class ArchiveReplay:
             print("further malformed and rejected lines are counted, not shown", file=self.problems)
 
 
-async def wait_for_processors(redis: Redis, stream: str, last_entry_id: str, stopping: asyncio.Event,
+async def wait_for_processors(redis: RedisClient, last_entry_ids: dict[str, str], stopping: asyncio.Event,
                               report_to: Any = sys.stderr) -> bool:
-    """Wait until the processors' group acknowledged every entry up to `last_entry_id`.
+    """Wait until the processors' group acknowledged every entry up to `last_entry_ids[stream]` of each stream.
 
-    Returns False at once when the stream has no processors' group, and when `stopping` is set.
+    Returns False at once when a stream has no processors' group, and when `stopping` is set.
     An entry the processors dead-letter counts as acknowledged.
     """
-    last = _id_tuple(last_entry_id)
     next_report = time.monotonic() + WAIT_REPORT_INTERVAL_S
-    while not stopping.is_set():
-        groups = {_text(g["name"]): g for g in await redis.xinfo_groups(stream)}
-        group = groups.get(PROCESSOR_GROUP)
-        if group is None:
-            return False
-        if _id_tuple(_text(group["last-delivered-id"])) >= last:
-            pending = await redis.xpending_range(stream, PROCESSOR_GROUP, min="-", max=last_entry_id, count=1)
-            if not pending:
-                return True
-        if report_to is not None and time.monotonic() >= next_report:
-            next_report = time.monotonic() + WAIT_REPORT_INTERVAL_S
-            print(f"waiting for the processors to store the queued events (group {PROCESSOR_GROUP}: "
-                  f"{group.get('lag')} entries not read, {group['pending']} pending)", file=report_to, flush=True)
-        try:
-            await asyncio.wait_for(stopping.wait(), 0.2)
-        except asyncio.TimeoutError:
-            pass
-    return False
+    waiting = dict(last_entry_ids)
+    while waiting and not stopping.is_set():
+        for stream, last_entry_id in list(waiting.items()):
+            groups = {_text(g["name"]): g for g in await redis.xinfo_groups(stream)}
+            group = groups.get(PROCESSOR_GROUP)
+            if group is None:
+                return False
+            if await _acknowledged_through(redis, stream, group, last_entry_id):
+                del waiting[stream]
+            elif report_to is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + WAIT_REPORT_INTERVAL_S
+                print(f"waiting for the processors to store the queued events (stream {stream}, group "
+                      f"{PROCESSOR_GROUP}: {group.get('lag')} entries not read, {group['pending']} pending)",
+                      file=report_to, flush=True)
+        if waiting:
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+    return not waiting
+
+
+async def _acknowledged_through(redis: RedisClient, stream: str, group: dict, last_entry_id: str) -> bool:
+    if _id_tuple(_text(group["last-delivered-id"])) < _id_tuple(last_entry_id):
+        return False
+    pending = await redis.xpending_range(stream, PROCESSOR_GROUP, min="-", max=last_entry_id, count=1)
+    return not pending
 
 
 async def replay_archive_command(args: argparse.Namespace) -> int:
@@ -522,7 +532,10 @@ async def replay_archive_command(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
 
-    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     try:
         conn = await asyncpg.connect(settings.DATABASE_URL, timeout=10)
     except (OSError, asyncpg.PostgresError) as error:
@@ -531,24 +544,28 @@ async def replay_archive_command(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     install_stop_handlers(stopping, "page")
     progress = Progress(sum(s.size for s in sources if s.name not in state.done), "bytes", label="replay archive")
-    replay = ArchiveReplay(redis, conn, progress=progress)
+    partitions = StreamPartitions.from_settings(settings)
+    replay = ArchiveReplay(redis, conn, partitions=partitions, progress=progress)
     try:
         state = await replay.run(sources, stopping, state)
         report = replay.report
         progress.finish()
-        if not report.stopped and report.last_entry_id is not None and not args.no_wait:
-            if await wait_for_processors(redis, EVENTS_STREAM, report.last_entry_id, stopping):
+        if not report.stopped and report.last_entry_ids and not args.no_wait:
+            if await wait_for_processors(redis, report.last_entry_ids, stopping):
                 report.newly_stored = await replay.count_newly_stored()
-            elif not stopping.is_set():
-                print(f"no processor group {PROCESSOR_GROUP} on {EVENTS_STREAM}: the queued events are stored "
+            elif stopping.is_set():
+                print("stopped waiting; the processors store the queued events when they run", file=sys.stderr)
+            else:
+                print(f"no processor group {PROCESSOR_GROUP} on the event streams: the queued events are stored "
                       "when `weir processor` runs", file=sys.stderr)
         elif report.queued == 0 and not report.stopped:
             report.newly_stored = 0
-    except RedisError as error:
-        raise CommandError(f"writing to the stream at REDIS_URL failed: {error}; run the replay again, events "
-                           "already stored are left out") from None
+    except REDIS_ERRORS as error:
+        raise CommandError(f"writing to the stream at REDIS_URL failed: {error}; resume with: "
+                           f"{_save_resume(args, state)}") from None
     except (OSError, asyncpg.PostgresError) as error:
-        raise CommandError(f"checking raw_events at DATABASE_URL failed: {error}; run the replay again") from None
+        raise CommandError(f"checking raw_events at DATABASE_URL failed: {error}; resume with: "
+                           f"{_save_resume(args, state)}") from None
     finally:
         await conn.close()
         await redis.aclose()
@@ -573,15 +590,21 @@ def _initial_state(args: argparse.Namespace) -> ResumeState:
 
 
 def _finish_resume(args: argparse.Namespace, state: ResumeState, report: ArchiveReplayReport) -> int:
-    resume_file = Path(args.resume or DEFAULT_RESUME_FILE)
+    """Remove a finished run's resume file, or write a stopped run's; return the exit status."""
     if not report.stopped:
-        if args.resume and resume_file.exists():
-            resume_file.unlink()
+        if args.resume and Path(args.resume).exists():
+            Path(args.resume).unlink()
         return 0
-    state.save(resume_file)
-    command = "weir replay archive --resume " + shlex.quote(str(resume_file)) + " " + shlex.join(args.paths)
-    print(f"stopped before the end; the queued events are stored by the processors; resume with: {command}")
+    command = _save_resume(args, state)
+    print(f"stopped before the end; the processors store the events queued so far; resume with: {command}")
     return 130
+
+
+def _save_resume(args: argparse.Namespace, state: ResumeState) -> str:
+    """Write `state` to the resume file and return the command that continues from it."""
+    resume_file = Path(args.resume or DEFAULT_RESUME_FILE)
+    state.save(resume_file)
+    return f"weir replay archive --resume {shlex.quote(str(resume_file))} {shlex.join(args.paths)}"
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ops.errors import CommandError
 from ops.progress import Progress
@@ -33,13 +31,16 @@ from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from streams.consumer import Entry
 from streams.event import MalformedEntry
-from streams.keys import EVENTS_STREAM
+from streams.partitions import StreamPartitions
 from weir.logs import configure_logging
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
 from weir.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
 ENTRY_ID = re.compile(r"\d+(?:-\d+)?")
+MAX_SEQUENCE = 2**64 - 1
+"""Largest sequence number of a stream entry id."""
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 
@@ -70,26 +71,22 @@ def parse_bound(text: str, *, end: bool = False) -> str:
     return f"({unix_ms}-0" if end else f"{unix_ms}-0"
 
 
-def next_entry_id(entry_id: str) -> str:
-    """Return the smallest entry id after `entry_id`, the --from value that resumes after it."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-MAX_SEQUENCE = 2**64 - 1
 
 
 def _bound_tuple(bound: str, *, end: bool) -> tuple[int, int]:
     """Return the first (or, for an end, the last) entry id that an XRANGE bound admits, as (ms, seq)."""
     exclusive = bound.startswith("(")
     ms, _, seq = bound.lstrip("(").partition("-")
-    # Redis completes a bare millisecond with sequence 0 as a start and the largest sequence as an end.
-    entry = (int(ms), int(seq) if seq else (MAX_SEQUENCE if end else 0))
+    if seq:
+        entry = (int(ms), int(seq))
+    elif end:
+        # Redis completes a bare millisecond with the largest sequence number as an end, with 0 as a start.
+        entry = (int(ms), MAX_SEQUENCE)
+    else:
+        entry = (int(ms), 0)
     if not exclusive:
         return entry
     if end:
@@ -99,7 +96,7 @@ def _bound_tuple(bound: str, *, end: bool) -> tuple[int, int]:
 
 @dataclass
 class StreamReplayReport:
-    """What a stream replay read and changed; `resume_from` is set when it stopped early."""
+    """Counts of a stream replay, and the --from value that continues it (`resume_from`) after an early stop."""
 
     entries_read: int = 0
     events_read: int = 0
@@ -113,6 +110,18 @@ class StreamReplayReport:
     @property
     def already_stored(self) -> int:
         return self.events_read - self.events_inserted
+
+    @classmethod
+    def combine(cls, reports: list[StreamReplayReport]) -> StreamReplayReport:
+        """Return the sums of the counts of `reports`, replays of several streams."""
+        total = cls()
+        for report in reports:
+            total.entries_read += report.entries_read
+            total.events_read += report.events_read
+            total.events_inserted += report.events_inserted
+            total.malformed_entries += report.malformed_entries
+            total.failed_entries += report.failed_entries
+        return total
 
     def line(self) -> str:
         return (f"entries read {self.entries_read}, events read {self.events_read}, newly stored "
@@ -135,10 +144,10 @@ class StreamReplay:
         self.report = StreamReplayReport()
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         return self.processor.redis
 
-    async def estimate_entries(self) -> int | None:
+    async def estimate_entries(self) -> int:
         """Return the entries of the range: exact when it covers the whole stream, else an estimate.
 
         Redis cannot count a range without reading it, so a partial range is estimated from
@@ -172,14 +181,13 @@ class StreamReplay:
         """
         cursor = self.start
         while True:
-            if stopping.is_set():
-                self.report.resume_from = _resume_value(cursor)
-                break
-
             # Step 1
             reply = await self.redis.xrange(self.stream, min=cursor, max=self.end, count=self.page_size)
             entries = [Entry(_text(entry_id), fields) for entry_id, fields in reply]
             if not entries:
+                break
+            if stopping.is_set():
+                self.report.resume_from = entries[0].entry_id
                 break
 
             # Step 2
@@ -248,11 +256,6 @@ class StreamReplay:
                        error.reason, extra={"entry_id": error.entry_id})
 
 
-def _resume_value(cursor: str) -> str:
-    """Return the --from value for an XRANGE cursor (an exclusive cursor names the entry before)."""
-    return next_entry_id(cursor[1:]) if cursor.startswith("(") else cursor
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -272,7 +275,11 @@ def install_stop_handlers(stopping: asyncio.Event, what: str) -> None:
 
 
 async def replay_stream_command(args: argparse.Namespace) -> int:
-    """Run `weir replay stream`; exit 0 when the range was replayed, 1 on failure, 130 when stopped."""
+    """Run `weir replay stream`; exit 0 when the range was replayed, 1 on failure, 130 when stopped.
+
+    Without --stream, every event stream of the deployment's layout (STREAM_PARTITIONS) is
+    replayed in turn, each over the same range.
+    """
     settings = load_settings(ProcessorSettings, BATCH_SIZE=args.batch_size, CONCURRENCY=1)
     configure_logging("warning")
     try:
@@ -280,51 +287,81 @@ async def replay_stream_command(args: argparse.Namespace) -> int:
         end = parse_bound(args.end, end=True)
     except InvalidBound as error:
         raise CommandError(str(error)) from None
-    if await _stream_missing(settings.REDIS_URL, args.stream):
-        raise CommandError(f"stream {args.stream!r} not found at REDIS_URL; nothing to replay")
+    streams = await _existing_streams(settings, args.stream)
 
     processor = Processor(settings, stream=args.stream)
     try:
         await processor.start()
-        replay = StreamReplay(processor, args.stream, start, end, page_size=settings.BATCH_SIZE)
-        oldest = await replay.oldest_kept()
-        if start != "-" and oldest is not None and _bound_tuple(start, end=False) < _id_tuple(oldest):
-            print(f"entries before {oldest} are no longer kept in the stream; replay older events from the "
-                  "archive with `weir replay archive`", file=sys.stderr)
-        replay.progress = Progress(await replay.estimate_entries(), "entries", label="replay stream")
+        replays = [StreamReplay(processor, stream, start, end, page_size=settings.BATCH_SIZE) for stream in streams]
+        progress = Progress(0, "entries", label="replay stream")
+        for replay in replays:
+            await _warn_if_trimmed(replay)
+            progress.total += await replay.estimate_entries()
+            replay.progress = progress
         stopping = asyncio.Event()
         install_stop_handlers(stopping, "page")
-        report = await replay.run(stopping)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, RedisError) as error:
+        reports = []
+        for replay in replays:
+            reports.append(await replay.run(stopping))
+            if reports[-1].resume_from is not None:
+                break
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, *REDIS_ERRORS) as error:
         raise CommandError(f"replay failed: {error.__class__.__name__}: {error}; entries already replayed stay "
                            "stored, and replaying them again changes nothing") from None
     finally:
         await processor.close()
 
-    replay.progress.finish()
-    print(report.line())
-    for entry_id in report.failed_entries:
+    progress.finish()
+    total = StreamReplayReport.combine(reports)
+    print(total.line())
+    for entry_id in total.failed_entries:
         print(f"failed entry {entry_id}: see the error logged above", file=sys.stderr)
-    if report.resume_from is None:
-        return 1 if report.failed_entries else 0
-    command = f"weir replay stream --from {report.resume_from}"
-    if args.end != "+":
-        command += f" --to {shlex.quote(args.end)}"
-    if args.stream != EVENTS_STREAM:
-        command += f" --stream {shlex.quote(args.stream)}"
-    if report.error is not None:
-        print(f"error: replay stopped: {report.error}; resume with: {command}", file=sys.stderr)
+    if reports[-1].resume_from is None:
+        return 1 if total.failed_entries else 0
+
+    # The stream that stopped resumes from its next entry, and streams not reached yet from the start.
+    commands = [_resume_command(args, streams, streams[len(reports) - 1], reports[-1].resume_from)]
+    commands += [_resume_command(args, streams, stream, args.start) for stream in streams[len(reports):]]
+    if reports[-1].error is not None:
+        print(f"error: replay stopped: {reports[-1].error}; resume with: " + "; ".join(commands), file=sys.stderr)
         return 1
-    print(f"stopped before the end of the range; resume with: {command}")
+    print("stopped before the end of the range; resume with: " + "; ".join(commands))
     return 130
 
 
-async def _stream_missing(redis_url: str, stream: str) -> bool:
-    # Checked before Processor.start, which would create the stream with the processors' group.
-    redis = Redis.from_url(redis_url, socket_connect_timeout=5)
+def _resume_command(args: argparse.Namespace, streams: list[str], stream: str, start: str) -> str:
+    command = f"weir replay stream --from {shlex.quote(start)}"
+    if args.end != "+":
+        command += f" --to {shlex.quote(args.end)}"
+    if args.stream is not None or len(streams) > 1:
+        command += f" --stream {shlex.quote(stream)}"
+    return command
+
+
+async def _warn_if_trimmed(replay: StreamReplay) -> None:
+    oldest = await replay.oldest_kept()
+    if replay.start != "-" and oldest is not None and _bound_tuple(replay.start, end=False) < _id_tuple(oldest):
+        print(f"entries of {replay.stream} before {oldest} are no longer kept; replay older events from the "
+              "archive with `weir replay archive`", file=sys.stderr)
+
+
+async def _existing_streams(settings: ProcessorSettings, stream: str | None) -> list[str]:
+    """Return `stream`, or the layout's event streams that exist; raise CommandError when none does.
+
+    Checked before Processor.start, which would create the streams with the processors' group.
+    """
+    candidates = [stream] if stream is not None else StreamPartitions.from_settings(settings).streams()
     try:
-        return not await redis.exists(stream)
-    except RedisError as error:
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    try:
+        existing = [name for name in candidates if await redis.exists(name)]
+    except REDIS_ERRORS as error:
         raise CommandError(f"cannot reach REDIS_URL: {error}") from None
     finally:
         await redis.aclose()
+    if not existing:
+        names = ", ".join(repr(name) for name in candidates)
+        raise CommandError(f"stream {names} not found at REDIS_URL; nothing to replay")
+    return existing

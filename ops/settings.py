@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from weir.settings import StreamLayoutSettings
+
 
 class DatabaseToolSettings(BaseSettings):
     """Environment of `weir schema`."""
@@ -18,19 +20,15 @@ class DatabaseToolSettings(BaseSettings):
     RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept, as the processor's setting")
 
 
-class SiteToolSettings(BaseSettings):
+class SiteToolSettings(StreamLayoutSettings):
     """Environment of `weir site`: the sites table and the collector's directory in Redis."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     DATABASE_URL: str
     REDIS_URL: str
 
 
-class StreamToolSettings(BaseSettings):
-    """Environment of `weir import-logs`: the stream it writes."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+class StreamToolSettings(StreamLayoutSettings):
+    """Environment of `weir import-logs` and `weir dlq`: the streams they write and read."""
 
     REDIS_URL: str
 

@@ -33,7 +33,9 @@ from query.settings import ApiSettings
 from query.timeseries import timeseries
 from sinks.sites import get_site, load_sites
 from streams.live import LiveReader, now_ms
+from streams.partitions import StreamPartitions
 from weir.health import HealthChecks, add_health_routes
+from weir.redis import connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +154,8 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
             earlier, _ = await compute(request, conn, previous)
             body["comparison"] = {"from": previous.period.first.isoformat(), "to": previous.period.last.isoformat(),
                                   **(earlier if isinstance(earlier, dict) else {"data": earlier})}
-        body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S)
+        body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S,
+                                               StreamPartitions.from_settings(settings).streams())
         return body
 
 
@@ -248,7 +251,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         # Read-only sessions: the API only reads, and a replica refuses writes anyway.
         app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10, command_timeout=60,
                                                   server_settings={"default_transaction_read_only": "on"})
-        app[REDIS_KEY] = Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+        app[REDIS_KEY] = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,
+                                       socket_connect_timeout=2)
         yield
         await app[POOL_KEY].close()
         await app[REDIS_KEY].aclose()

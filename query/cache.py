@@ -11,8 +11,8 @@ import hashlib
 import logging
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from weir.redis import REDIS_ERRORS, RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ def cache_key(path: str, query_items: list[tuple[str, str]]) -> str:
     return f"weir:cache:{digest}"
 
 
-async def cached(redis: Redis, key: str) -> bytes | None:
+async def cached(redis: RedisClient, key: str) -> bytes | None:
     try:
         body = await redis.get(key)
-    except RedisError as error:
+    except REDIS_ERRORS as error:
         CACHE_LOOKUPS.labels("error").inc()
         logger.warning("answer cache read failed key=%s error=%r; answering from the database", key, error)
         return None
@@ -36,11 +36,11 @@ async def cached(redis: Redis, key: str) -> bytes | None:
     return body
 
 
-async def store(redis: Redis, key: str, body: bytes, ttl_s: int) -> None:
+async def store(redis: RedisClient, key: str, body: bytes, ttl_s: int) -> None:
     if ttl_s <= 0:
         return
     try:
         await redis.set(key, body, ex=ttl_s)
-    except RedisError as error:
+    except REDIS_ERRORS as error:
         CACHE_LOOKUPS.labels("error").inc()
         logger.warning("answer cache write failed key=%s error=%r", key, error)

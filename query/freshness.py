@@ -8,30 +8,34 @@ empty answer from a broken pipeline never reads as a quiet period.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from sinks.freshness import assess, read_rows
-from streams.backlog import Backlog, read_backlog
+from streams.backlog import Backlog, read_total_backlog
 from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP
+from weir.redis import REDIS_ERRORS, RedisClient
 
 logger = logging.getLogger(__name__)
 
 
-async def stream_backlog(redis: Redis) -> Backlog | None:
-    """The processors' backlog on the event stream; None when Redis cannot be read."""
+async def stream_backlog(redis: RedisClient, streams: Sequence[str] = (EVENTS_STREAM,)) -> Backlog | None:
+    """The processors' backlog over the event `streams` (all partitions); None when Redis cannot be read."""
     try:
-        return await read_backlog(redis, EVENTS_STREAM, PROCESSOR_GROUP)
-    except RedisError as error:
+        return await read_total_backlog(redis, streams, PROCESSOR_GROUP)
+    except REDIS_ERRORS as error:
         logger.warning("stream backlog unavailable for freshness error=%r", error)
         return None
 
 
-async def freshness_of(conn: asyncpg.Connection, redis: Redis, tables: list[str], stale_after_s: float) -> dict:
-    """Return `{"tables": {...}, "stale", "warnings", "stream_backlog"}` for `tables`."""
-    backlog = await stream_backlog(redis)
+async def freshness_of(conn: asyncpg.Connection, redis: RedisClient, tables: list[str], stale_after_s: float,
+                       streams: Sequence[str] = (EVENTS_STREAM,)) -> dict:
+    """Return `{"tables": {...}, "stale", "warnings", "stream_backlog"}` for `tables`.
+
+    `streams` are the event streams whose backlog counts, every partition of the deployment.
+    """
+    backlog = await stream_backlog(redis, streams)
     verdicts = assess(await read_rows(conn), tables, backlog, stale_after_s)
     warnings = [f"{v.table} is stale: {v.reason}" for v in verdicts.values() if v.stale]
     if backlog is None:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import orjson
@@ -41,8 +41,10 @@ from query.api import key_is_valid
 from query.live_settings import RealtimeSettings
 from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP, live_channel
 from streams.live import COUNT_WINDOW_S, VISITOR_WINDOW_S, LiveReader, LiveSnapshot, now_ms
+from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from weir.health import HealthChecks, add_health_routes
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis, pubsub_redis
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +195,11 @@ class RepeatedWarning:
         self._count = 0
         self._logged_at = float("-inf")
 
-    def add(self, site: str, error: BaseException | None = None) -> None:
+    def add(self, site: str, error: BaseException | None = None, traceback: bool = False) -> None:
         self._count += 1
         if time.monotonic() - self._logged_at >= WARNING_INTERVAL_S:
             logger.warning("%s site=%s count=%d error=%r", self._message, site, self._count, error,
-                           extra={"site": site})
+                           exc_info=error if traceback else None, extra={"site": site})
             self._count = 0
             self._logged_at = time.monotonic()
 
@@ -301,6 +303,10 @@ class SiteFeed:
             LIVE_READ_FAILURES.inc()
             self._hub.read_failures.add(self.site, error)
             return None
+        except Exception as error:  # noqa: BLE001 - a failed read must not end the feed; the next one retries
+            LIVE_READ_FAILURES.inc()
+            self._hub.read_failures.add(self.site, error, traceback=True)
+            return None
         LIVE_READ_SECONDS.observe(time.perf_counter() - started)
         payload = snapshot_payload(snapshot, lag)
         content = (snapshot.version, snapshot.visitors, snapshot.pageviews, snapshot.events,
@@ -330,6 +336,8 @@ class SiteFeed:
                 return
 
     def _fan_out(self, item: object) -> None:
+        # NOTE: every update wakes one handler task per client. With 2,000 clients the last one
+        # got it 0.14 s (median) after the first on a busy 2-core machine (bench/live/RESULTS.md).
         behind = [subscriber for subscriber in self.subscribers if not subscriber.offer(item)]
         for subscriber in behind:
             self._hub.drop(subscriber)
@@ -344,18 +352,19 @@ class SiteFeed:
             self._idle_close = None
 
 
-@dataclass
 class LiveHub:
     """This process's site feeds, its one pub/sub connection and its count of clients."""
 
-    redis: Redis
-    settings: RealtimeSettings
-    clock_ms: Callable[[], int] = now_ms
-    feeds: dict[str, SiteFeed] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.reader = LiveReader(self.redis)
-        self.pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+    def __init__(self, redis: RedisClient, settings: RealtimeSettings, clock_ms: Callable[[], int] = now_ms,
+                 pubsub_client: Redis | None = None) -> None:
+        """`pubsub_client` carries the pub/sub connection; None means `redis`, which a RedisCluster cannot be."""
+        self.redis = redis
+        self.settings = settings
+        self.clock_ms = clock_ms
+        self.feeds: dict[str, SiteFeed] = {}
+        self.reader = LiveReader(redis)
+        self.pubsub: PubSub = (pubsub_client or redis).pubsub(ignore_subscribe_messages=True)
+        self.streams = StreamPartitions.from_settings(settings).streams()
         self.read_failures = RepeatedWarning("live counter read failed")
         self.slow_clients = RepeatedWarning("slow live clients disconnected")
         self.clients = 0
@@ -483,6 +492,10 @@ class LiveHub:
                 self.read_failures.add("*", error)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception as error:  # noqa: BLE001 - without this loop feeds still read, but only every interval
+                self.read_failures.add("*", error, traceback=True)
+                await asyncio.sleep(1.0)
+                continue
             if message is not None and message["type"] == "message":
                 feed = self._by_channel.get(message["channel"])
                 if feed is not None:
@@ -500,20 +513,34 @@ class LiveHub:
 
     async def _read_ingest_lag(self) -> IngestLag:
         try:
-            return await read_ingest_lag(self.redis, self.clock_ms())
-        except RedisError as error:
+            return await read_ingest_lag(self.redis, self.clock_ms(), self.streams)
+        except REDIS_ERRORS as error:
             self.read_failures.add("*", error)
             return IngestLag()
 
 
-async def read_ingest_lag(redis: Redis, at_ms: int) -> IngestLag:
-    """Return the age of the oldest stream entry the processors' group has not acknowledged, and their number.
+async def read_ingest_lag(redis: RedisClient, at_ms: int, streams: Sequence[str] = (EVENTS_STREAM,)) -> IngestLag:
+    """Return the age of the oldest entry of `streams` the processors' group has not acknowledged, and their number.
 
-    The oldest such entry is the oldest pending one, or else the first never delivered.
-    Stream entry ids start with their unix time in ms, which gives the age.
+    `streams` are every partition of the event stream. A partition without the group is left
+    out, and the number is None when Redis cannot tell it for one of the others.
+    """
+    lags = [lag for lag in await asyncio.gather(*(_read_stream_lag(redis, stream, at_ms) for stream in streams))
+            if lag.lag_ms is not None]
+    if not lags:
+        return IngestLag()
+    backlogs = [lag.backlog for lag in lags]
+    return IngestLag(max(lag.lag_ms for lag in lags), None if None in backlogs else sum(backlogs))
+
+
+async def _read_stream_lag(redis: RedisClient, stream: str, at_ms: int) -> IngestLag:
+    """Return the ingest lag of one stream.
+
+    The oldest entry not acknowledged is the oldest pending one, or else the first never
+    delivered. Stream entry ids start with their unix time in ms, which gives the age.
     """
     try:
-        groups = await redis.xinfo_groups(EVENTS_STREAM)
+        groups = await redis.xinfo_groups(stream)
     except ResponseError:
         return IngestLag()
     group = next((g for g in groups if _text(g["name"]) == PROCESSOR_GROUP), None)
@@ -523,10 +550,10 @@ async def read_ingest_lag(redis: Redis, at_ms: int) -> IngestLag:
     candidates: list[str] = []
     pending = int(group["pending"])
     if pending:
-        candidates.append(_text((await redis.xpending(EVENTS_STREAM, PROCESSOR_GROUP))["min"]))
+        candidates.append(_text((await redis.xpending(stream, PROCESSOR_GROUP))["min"]))
     undelivered = group.get("lag")
     if undelivered is None or int(undelivered) > 0:
-        first = await redis.xrange(EVENTS_STREAM, min="(" + _text(group["last-delivered-id"]), count=1)
+        first = await redis.xrange(stream, min="(" + _text(group["last-delivered-id"]), count=1)
         if first:
             candidates.append(_text(first[0][0]))
     # Redis leaves `lag` unknown after some deletions from the stream; then so is the backlog.
@@ -695,8 +722,10 @@ def create_realtime_app(settings: RealtimeSettings, clock_ms: Callable[[], int] 
     checks = HealthChecks()
 
     async def hub_context(app: web.Application) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-        hub = LiveHub(redis, settings, clock_ms)
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,
+                              socket_connect_timeout=2)
+        pubsub_client = pubsub_redis(settings.REDIS_URL, redis, socket_timeout=5, socket_connect_timeout=2)
+        hub = LiveHub(redis, settings, clock_ms, pubsub_client)
         app[HUB_KEY] = hub
         app[SITES_KEY] = SiteDirectory(redis)
         hub.start()
@@ -704,6 +733,8 @@ def create_realtime_app(settings: RealtimeSettings, clock_ms: Callable[[], int] 
             yield
         finally:
             await hub.stop()
+            if pubsub_client is not redis:
+                await pubsub_client.aclose()
             await redis.aclose()
 
     async def close_clients(app: web.Application) -> None:

@@ -5,7 +5,7 @@ Layout, with the hour of the event time in UTC:
     {root}/{site}/{YYYY}/{MM}/{DD}/{HH}.ndjson.gz
 
 Each line is one event as the stream carries it (`streams.event.Event` as JSON) without its
-`ip` field, so the archive never holds a client address. `weir replay archive` reads the files
+`ip` field, so the archive contains no client address. `weir replay archive` reads the files
 back onto the stream with the events' ids and visitor ids.
 
 The sink runs as its own consumer group (ARCHIVE_GROUP), so its lag never holds back the
@@ -16,10 +16,10 @@ lags, the stream is not trimmed past its oldest unacknowledged entry (`streams.t
 Redis memory grows with the lag.
 
 Every flush appends one gzip member per file. Concatenated members form one valid gzip file
-(RFC 1952, section 2.2), which gzip, zcat and Python's gzip module read as a whole. An entry
-redelivered after a crash between the flush and the acknowledgement, or a batch retried after
-only some of its files were written, is written twice; replaying the archive skips the second
-copy by its event id.
+(RFC 1952, section 2.2), which gzip, zcat and Python's gzip module read as a whole. Some events
+are written twice: those of an entry redelivered after a crash between the flush and the
+acknowledgement, and those of a batch retried after only some of its files were written.
+Replaying the archive skips the second copy by its event id.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ArchiveWriteError(Exception):
 
 
 class ArchiveStore(Protocol):
-    """Where archive files live; `append` returns only once `data` is durable."""
+    """A place for archive files; `append` returns only once `data` is durable."""
 
     description: str
 
@@ -167,7 +167,7 @@ def site_folder(site: str) -> str:
 
 
 def archive_path(site: str, timestamp_ms: int) -> str:
-    """Return the file, relative to the archive root, that holds an event of `site` at `timestamp_ms`."""
+    """Return the file, relative to the archive root, for an event of `site` at `timestamp_ms`."""
     moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc)
     return f"{site_folder(site)}/{moment:%Y/%m/%d/%H}.ndjson.gz"
 
@@ -213,8 +213,8 @@ class ArchiveSink:
     async def handle_batch(self, entries: list[Entry]) -> None:
         """Append the batch's events to their files; raise ArchiveWriteError to leave it pending.
 
-        Compression and file writes run in a worker thread, so a slow disk or bucket never
-        blocks the processor's event loop.
+        Decoding, compression and file writes run in a worker thread, so a slow disk or bucket
+        does not block the processor's event loop.
         """
         written = await asyncio.to_thread(self._write, entries)
         if written:
@@ -240,13 +240,14 @@ def is_archive_transient(error: BaseException) -> bool:
 
 
 async def create_archive_runner(redis: Redis, stream: str, archive_url: str, consumer_name: str,
-                                options: AgentOptions) -> AgentRunner:
+                                options: AgentOptions, dead_letter_stream: str = DEAD_LETTER_STREAM) -> AgentRunner:
     """Create the archive consumer group if needed and return the agent that writes the archive.
 
     A new group reads from the start of the stream, so it archives every entry still kept.
+    Undecodable entries go to `dead_letter_stream`, the dead-letter stream of `stream`'s partition.
     """
     store = open_archive_store(archive_url)
-    consumer = StreamConsumer(redis, stream, ARCHIVE_GROUP, consumer_name, DEAD_LETTER_STREAM)
+    consumer = StreamConsumer(redis, stream, ARCHIVE_GROUP, consumer_name, dead_letter_stream)
     await consumer.ensure_group()
     logger.info("archive sink started stream=%s group=%s archive=%s", stream, ARCHIVE_GROUP, store.description)
     spec = AgentSpec("archive", ArchiveSink(store).handle_batch)

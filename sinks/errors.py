@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -25,6 +26,11 @@ def is_transient(error: BaseException) -> bool:
     """Return True when retrying the same batch later can succeed without changing it."""
     if isinstance(error, (OSError, asyncio.TimeoutError, RedisConnectionError, RedisTimeoutError,
                           asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return True
+    # A Redis Cluster shard that is down or failing over, or no cluster node reachable yet.
+    if isinstance(error, (ClusterDownError, TryAgainError, SlotNotCoveredError)):
+        return True
+    if isinstance(error, RedisClusterException) and isinstance(error.__cause__, (RedisConnectionError, OSError)):
         return True
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", None) or ""

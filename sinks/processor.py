@@ -1,6 +1,7 @@
 """The processor service: agents read the event stream, enrich, sessionize and write the sinks.
 
-One process is CONCURRENCY consumers of the group; any number of processes may run. A batch is
+One process is CONCURRENCY consumers of the group on every partition of the stream
+(`streams.partitions.assign_streams`); any number of processes may run. A batch is
 acknowledged only after its transaction committed.
 """
 
@@ -18,7 +19,6 @@ from typing import NamedTuple
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from sinks import metrics as sink_metrics
 from sinks.archive import create_archive_runner
@@ -33,19 +33,21 @@ from sinks.settings import ProcessorSettings
 from sinks.sites import SiteCache, publish_sites
 from sinks.visitor_networks import record_networks
 from streams import metrics as stream_metrics
-from streams.backlog import read_backlog
-from streams.agent import AgentOptions, AgentRunner, AgentSpec
+from streams.backlog import read_total_backlog
+from streams.agent import AgentOptions, AgentRunner, AgentSpec, StreamCycleRunner
 from streams.bots import BotDetector, read_bot_patterns
 from streams.consumer import Entry, StreamConsumer
 from streams.enrich import Enricher
 from streams.geo import GeoLookup
 from streams.network import NetworkLookup
 from streams.event import decode_entry
-from streams.keys import DEAD_LETTER_STREAM, EVENTS_STREAM, PROCESSOR_GROUP
+from streams.keys import PROCESSOR_GROUP
 from streams.live import LiveRecorder
+from streams.partitions import StreamPartitions, assign_streams
 from streams.sites import SiteDirectory
 from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
+from weir.redis import RedisClient, connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,13 @@ class BatchCounts(NamedTuple):
 class Processor:
     """Holds the connections of one processor process and handles its batches."""
 
-    def __init__(self, settings: ProcessorSettings, *, stream: str = EVENTS_STREAM, group: str = PROCESSOR_GROUP) -> None:
+    def __init__(self, settings: ProcessorSettings, *, stream: str | None = None, group: str = PROCESSOR_GROUP) -> None:
+        """Prepare a processor of every partition stream of `settings`, or of `stream` alone when given."""
         self.settings = settings
-        self.stream = stream
+        self.stream_partitions = StreamPartitions.from_settings(settings)
+        self.streams = [stream] if stream is not None else self.stream_partitions.streams()
         self.group = group
-        self.redis: Redis | None = None
+        self.redis: RedisClient | None = None
         self.pool: asyncpg.Pool | None = None
         self.enricher = Enricher(
             BotDetector(read_bot_patterns(settings.BOT_PATTERNS_FILE)),
@@ -108,7 +112,8 @@ class Processor:
                 await asyncio.sleep(START_RETRY_S)
 
     async def _start_once(self) -> None:
-        self.redis = Redis.from_url(self.settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5)
+        self.redis = connect_redis(self.settings.REDIS_URL, cluster=self.settings.REDIS_CLUSTER, socket_timeout=30,
+                                   socket_connect_timeout=5)
         self.live = LiveRecorder(self.redis)
         self.pool = await asyncpg.create_pool(self.settings.DATABASE_URL, min_size=1,
                                               max_size=self.settings.CONCURRENCY + 2, command_timeout=120)
@@ -117,7 +122,8 @@ class Processor:
                                    retention_days=self.settings.RETENTION_DAYS)
             self.partitioned = not plan.use_timescaledb and await _is_partitioned(conn, "raw_events")
             await publish_sites(conn, SiteDirectory(self.redis))
-        await self._consumer(self.consumer_names[0]).ensure_group()
+        for stream in self.streams:
+            await self._consumer(self.consumer_names[0], stream).ensure_group()
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -127,11 +133,11 @@ class Processor:
             await self.redis.aclose()
             self.redis = None
 
-    def _consumer(self, name: str) -> StreamConsumer:
-        return StreamConsumer(self.redis, self.stream, self.group, name, DEAD_LETTER_STREAM)
+    def _consumer(self, name: str, stream: str) -> StreamConsumer:
+        return StreamConsumer(self.redis, stream, self.group, name, self.stream_partitions.dead_letter_stream(stream))
 
     async def handle_batch(self, entries: list[Entry]) -> BatchCounts:
-        """Decode, enrich, sessionize and commit one batch; raise to leave it pending."""
+        """Decode, enrich, sessionize and commit one batch, and return its counts; raise to leave it pending."""
         # Step 1: decode; a malformed entry raises MalformedEntry and is dead-lettered alone.
         events = [event for entry in entries for event in decode_entry(entry.entry_id, entry.fields)]
         if not events:
@@ -147,6 +153,9 @@ class Processor:
                 if self.partitioned:
                     await self._ensure_partitions(conn, events)
                 async with conn.transaction():
+                    # Plan each statement for this batch's arrays: a generic plan cached while the tables were
+                    # small or had no statistics yet (autovacuum off) stays in use as they grow.
+                    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                     session_ids, renames = await assign_sessions(conn, events)
                     batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]
                     inserted = await write_raw_events(conn, batch)
@@ -208,10 +217,15 @@ class Processor:
             is_transient=is_transient,
         )
         spec = AgentSpec("raw-events", self.handle_batch)
-        runners = [AgentRunner(spec, self._consumer(name), options) for name in self.consumer_names]
+        assignment = assign_streams(self.streams, len(self.consumer_names))
+        runners: list[AgentRunner | StreamCycleRunner] = [
+            _one_runner([AgentRunner(spec, self._consumer(name, stream), options) for stream in streams])
+            for name, streams in zip(self.consumer_names, assignment)]
         if self.settings.ARCHIVE_URL:
-            runners.append(await create_archive_runner(self.redis, self.stream, self.settings.ARCHIVE_URL,
-                                                       self.consumer_names[0], options))
+            archive = [await create_archive_runner(self.redis, stream, self.settings.ARCHIVE_URL, self.consumer_names[0],
+                                                   options, self.stream_partitions.dead_letter_stream(stream))
+                       for stream in self.streams]
+            runners.append(_one_runner(archive))
         maintenance = asyncio.create_task(self._maintain(stopping))
         try:
             await asyncio.gather(*(runner.run(stopping) for runner in runners))
@@ -226,7 +240,8 @@ class Processor:
                 await self._update_gauges()
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + TRIM_INTERVAL_S
-                    await trim_stream(self.redis, self.stream, self.settings.STREAM_KEEP_S)
+                    for stream in self.streams:
+                        await trim_stream(self.redis, stream, self.settings.STREAM_KEEP_S)
                 if self.partitioned and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + MAINTENANCE_INTERVAL_S
                     async with self.pool.acquire() as conn:
@@ -242,18 +257,21 @@ class Processor:
                 pass
 
     async def _update_gauges(self) -> None:
-        consumer = self._consumer(self.consumer_names[0])
-        lag = await consumer.lag() or 0
-        pending = await consumer.pending_count()
-        stream_metrics.STREAM_LAG.labels(self.stream, self.group).set(lag)
-        stream_metrics.STREAM_PENDING.labels(self.stream, self.group).set(pending)
-        stream_metrics.QUEUE_DEPTH.set(lag + pending)
+        depth = 0
+        for stream in self.streams:
+            consumer = self._consumer(self.consumer_names[0], stream)
+            lag = await consumer.lag() or 0
+            pending = await consumer.pending_count()
+            stream_metrics.STREAM_LAG.labels(stream, self.group).set(lag)
+            stream_metrics.STREAM_PENDING.labels(stream, self.group).set(pending)
+            depth += lag + pending
+        stream_metrics.QUEUE_DEPTH.set(depth)
         freshness = await self.assess_freshness()
         export_metrics(freshness)
 
     async def assess_freshness(self) -> dict[str, TableFreshness]:
-        """Freshness of raw_events and every derived table, with the stream backlog."""
-        backlog = await read_backlog(self.redis, self.stream, self.group)
+        """Freshness of raw_events and every derived table, with the backlog over every partition."""
+        backlog = await read_total_backlog(self.redis, self.streams, self.group)
         sink_metrics.STREAM_BACKLOG_AGE.set(backlog.oldest_age_s)
         async with self.pool.acquire() as conn:
             rows = await read_rows(conn)
@@ -291,6 +309,10 @@ class Processor:
         if self._failing_since is None:
             return None
         return datetime.fromtimestamp(self._failing_since, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _one_runner(runners: list[AgentRunner]) -> AgentRunner | StreamCycleRunner:
+    return runners[0] if len(runners) == 1 else StreamCycleRunner(runners)
 
 
 async def _is_partitioned(conn: asyncpg.Connection, table: str) -> bool:

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
+CYCLE_BLOCK_MS = 100
+"""How long a runner of several streams waits on each one once a whole round found nothing, so an
+entry waits at most about this times the number of streams while the runner is idle."""
+
 
 class PoisonEntry(Exception):
     """Raised by a handler for an entry that can never succeed; it is dead-lettered at once."""
@@ -82,19 +86,28 @@ class AgentRunner:
         logger.info("agent started agent=%s stream=%s group=%s consumer=%s", self.spec.name, self.consumer.stream,
                     self.consumer.group, self.consumer.consumer)
         while not stopping.is_set():
-            try:
-                entries = await self._next_batch()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - Redis down: wait and try again, nothing to lose
-                logger.warning("stream read failed agent=%s stream=%s error=%r; retrying in %.1fs", self.spec.name,
-                               self.consumer.stream, error, self.options.retry_backoff_s)
-                await _sleep_unless(stopping, self.options.retry_backoff_s)
-                await self._recreate_lost_group(error)
-                continue
-            if entries:
-                await self.process(entries, stopping)
+            await self.step(stopping, self.options.block_ms)
         logger.info("agent stopped agent=%s consumer=%s", self.spec.name, self.consumer.consumer)
+
+    async def step(self, stopping: asyncio.Event, block_ms: int | None) -> bool:
+        """Pick the next batch and process it; return whether there was a batch.
+
+        New entries are awaited for up to `block_ms`, or not at all when it is None. A failed
+        read is logged, waited out and reported as no batch.
+        """
+        try:
+            entries = await self._next_batch(block_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Redis down: wait and try again, nothing to lose
+            logger.warning("stream read failed agent=%s stream=%s error=%r; retrying in %.1fs", self.spec.name,
+                           self.consumer.stream, error, self.options.retry_backoff_s)
+            await _sleep_unless(stopping, self.options.retry_backoff_s)
+            await self._recreate_lost_group(error)
+            return False
+        if entries:
+            await self.process(entries, stopping)
+        return bool(entries)
 
     async def _recreate_lost_group(self, error: Exception) -> None:
         """Create the group again after a Redis that lost its data (no persistence) came back."""
@@ -108,7 +121,7 @@ class AgentRunner:
         except Exception as retry_error:  # noqa: BLE001 - the next read reports it again
             logger.warning("could not create consumer group group=%s error=%r", self.consumer.group, retry_error)
 
-    async def _next_batch(self) -> list[Entry]:
+    async def _next_batch(self, block_ms: int | None) -> list[Entry]:
         if self._retrying:
             entries = await self.consumer.read_own_pending(1 if self._isolate else self.options.batch_size)
             if entries:
@@ -122,7 +135,7 @@ class AgentRunner:
             if claimed:
                 metrics.ENTRIES_RECLAIMED.labels(self.consumer.stream).inc(len(claimed))
                 return claimed
-        return await self.consumer.read_new(self.options.batch_size, self.options.block_ms)
+        return await self.consumer.read_new(self.options.batch_size, block_ms)
 
     async def process(self, entries: list[Entry], stopping: asyncio.Event) -> None:
         """Run the handler on `entries`, then acknowledge them; on failure leave them pending."""
@@ -208,6 +221,38 @@ class AgentRunner:
             logger.warning("dead-lettering failed entry_id=%s error=%r; the entry stays pending", entry.entry_id, error)
             return
         metrics.ENTRIES_DEAD_LETTERED.labels(self.consumer.stream).inc()
+
+
+class StreamCycleRunner:
+    """Runs one agent over several streams in one task, a batch from each stream in turn.
+
+    Each stream has its own AgentRunner, with its consumer, pending retries and reclaiming.
+    While batches keep coming, reads do not block. After a round that found nothing, each
+    read waits up to CYCLE_BLOCK_MS, because a read that blocks longer on one stream would
+    delay the others (on Redis Cluster one XREADGROUP cannot read streams of several slots).
+    """
+
+    def __init__(self, runners: list[AgentRunner], idle_block_ms: int = CYCLE_BLOCK_MS) -> None:
+        if not runners:
+            raise ValueError("a stream cycle needs at least one runner")
+        self.runners = runners
+        self.idle_block_ms = idle_block_ms
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Loop over the streams until `stopping` is set; a stop lets the batch in hand finish."""
+        first = self.runners[0]
+        streams = ",".join(runner.consumer.stream for runner in self.runners)
+        logger.info("agent started agent=%s streams=%s group=%s consumer=%s", first.spec.name, streams,
+                    first.consumer.group, first.consumer.consumer)
+        busy = True
+        while not stopping.is_set():
+            block_ms = None if busy else self.idle_block_ms
+            busy = False
+            for runner in self.runners:
+                if stopping.is_set():
+                    break
+                busy = await runner.step(stopping, block_ms) or busy
+        logger.info("agent stopped agent=%s consumer=%s", first.spec.name, first.consumer.consumer)
 
 
 def _find(entries: list[Entry], entry_id: str) -> Entry:

@@ -7,10 +7,12 @@ processors.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from weir.redis import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ def _successor(entry_id: bytes | str) -> str:
     return f"{ms}-{int(seq or 0) + 1}"
 
 
-async def read_backlog(redis: Redis, stream: str, group: str, now_ms: int | None = None) -> Backlog:
+async def read_backlog(redis: RedisClient, stream: str, group: str, now_ms: int | None = None) -> Backlog:
     """Return the group's backlog on `stream`; a stream or group that does not exist has none."""
     if not await redis.exists(stream):
         return Backlog(0, 0.0)
@@ -54,6 +56,13 @@ async def read_backlog(redis: Redis, stream: str, group: str, now_ms: int | None
     entries = pending + (int(lag) if lag is not None else (1 if undelivered else 0))
     age_s = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
     return Backlog(entries, age_s)
+
+
+async def read_total_backlog(redis: RedisClient, streams: Sequence[str], group: str, now_ms: int | None = None) -> Backlog:
+    """Return the group's backlog over all `streams` (the partitions): entries summed, the oldest age."""
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    backlogs = await asyncio.gather(*(read_backlog(redis, stream, group, now_ms) for stream in streams))
+    return Backlog(sum(b.entries for b in backlogs), max((b.oldest_age_s for b in backlogs), default=0.0))
 
 
 def _name(value: bytes | str) -> str:

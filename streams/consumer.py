@@ -10,10 +10,20 @@ import logging
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from weir.redis import RedisClient
+
 logger = logging.getLogger(__name__)
+
+# KEYS: the stream, its dead-letter stream. ARGV: group, entry id, then the dead letter's fields
+# and values. A script rather than MULTI/EXEC, which redis-py's cluster pipelines reject; on
+# Redis Cluster both keys must share a slot, as a partition's streams do (`streams.partitions`).
+_DEAD_LETTER_SCRIPT = """
+local dead_letter_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return dead_letter_id
+"""
 
 
 @dataclass(slots=True)
@@ -28,7 +38,7 @@ class Entry:
 class StreamConsumer:
     """Reads `stream` as `consumer` in `group`; every call is one Redis round trip or a few."""
 
-    def __init__(self, redis: Redis, stream: str, group: str, consumer: str, dead_letter_stream: str) -> None:
+    def __init__(self, redis: RedisClient, stream: str, group: str, consumer: str, dead_letter_stream: str) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
@@ -94,10 +104,9 @@ class StreamConsumer:
         fields[b"dead_letter_stream"] = self.stream.encode()
         fields[b"dead_letter_at_ms"] = str(int(time.time() * 1000)).encode()
         fields[b"dead_letter_deliveries"] = str(entry.deliveries).encode()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_letter_stream, fields)
-            pipe.xack(self.stream, self.group, entry.entry_id)
-            await pipe.execute()
+        move = self.redis.register_script(_DEAD_LETTER_SCRIPT)
+        await move(keys=[self.stream, self.dead_letter_stream],
+                   args=[self.group, entry.entry_id, *(item for pair in fields.items() for item in pair)])
         logger.error("entry dead-lettered stream=%s entry_id=%s deliveries=%d error=%s", self.stream, entry.entry_id,
                      entry.deliveries, error[:300], extra={"entry_id": entry.entry_id})
 

@@ -1,8 +1,9 @@
 """The dead-letter stream: entries that failed MAX_DELIVERIES times, kept with their error.
 
 Requeueing copies an entry's original fields back onto the event stream and deletes it from the
-dead-letter stream in one MULTI/EXEC, so it is never in both or in neither. The event ids inside
-are unchanged, so an entry whose events were stored after all is skipped by the sinks.
+dead-letter stream in one script, so it is never in both or in neither. The event ids inside
+are unchanged, so an entry whose events were stored after all is skipped by the sinks. On Redis
+Cluster the two streams must share a slot, as a partition's event and dead-letter streams do.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from weir.redis import RedisClient
 
 logger = logging.getLogger(__name__)
 
 _META_PREFIX = b"dead_letter_"
+
+# KEYS: the target stream, the dead-letter stream. ARGV: the dead letter's id, then the fields
+# and values to add. A script rather than MULTI/EXEC, which redis-py's cluster pipelines reject.
+_REQUEUE_SCRIPT = """
+local new_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[2], ARGV[1])
+return new_id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +58,12 @@ def _parse(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
-async def list_dead_letters(redis: Redis, dead_letter_stream: str, count: int = 100) -> list[DeadLetter]:
+async def list_dead_letters(redis: RedisClient, dead_letter_stream: str, count: int = 100) -> list[DeadLetter]:
     """Return up to `count` dead-lettered entries, oldest first."""
     return [_parse(entry_id, fields) for entry_id, fields in await redis.xrange(dead_letter_stream, count=count)]
 
 
-async def requeue(redis: Redis, dead_letter_stream: str, entry_ids: list[str] | None = None,
+async def requeue(redis: RedisClient, dead_letter_stream: str, entry_ids: list[str] | None = None,
                   target_stream: str | None = None) -> list[str]:
     """Move dead-lettered entries (all when `entry_ids` is None) back to their stream; return new ids."""
     if entry_ids is None:
@@ -67,14 +76,45 @@ async def requeue(redis: Redis, dead_letter_stream: str, entry_ids: list[str] | 
                 raise KeyError(f"no entry {entry_id} in {dead_letter_stream}")
             letters.append(_parse(*found[0]))
 
+    move = redis.register_script(_REQUEUE_SCRIPT)
     new_ids = []
     for letter in letters:
         stream = target_stream or letter.stream
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream, letter.fields)
-            pipe.xdel(dead_letter_stream, letter.entry_id)
-            new_id, _deleted = await pipe.execute()
+        fields = [item for pair in letter.fields.items() for item in pair]
+        new_id = await move(keys=[stream, dead_letter_stream], args=[letter.entry_id, *fields])
         new_ids.append(_text(new_id))
         logger.info("dead letter requeued entry_id=%s original_entry_id=%s stream=%s new_entry_id=%s",
                     letter.entry_id, letter.original_entry_id, stream, _text(new_id))
     return new_ids
+
+
+async def list_all_dead_letters(redis: RedisClient, dead_letter_streams: list[str], count: int = 100) -> list[DeadLetter]:
+    """Return up to `count` entries of all `dead_letter_streams` (the partitions'), oldest first."""
+    letters = [letter for stream in dead_letter_streams for letter in await list_dead_letters(redis, stream, count)]
+    letters.sort(key=lambda letter: _id_tuple(letter.entry_id))
+    return letters[:count]
+
+
+async def requeue_all(redis: RedisClient, dead_letter_streams: list[str],
+                      entry_ids: list[str] | None = None) -> list[str]:
+    """Requeue `entry_ids` from the dead-letter stream that contains each, or every entry of all; return new ids.
+
+    Raises KeyError naming the first id that no dead-letter stream contains, before moving any entry.
+    """
+    if entry_ids is None:
+        return [new_id for stream in dead_letter_streams for new_id in await requeue(redis, stream)]
+
+    by_stream: dict[str, list[str]] = {}
+    for entry_id in entry_ids:
+        for stream in dead_letter_streams:
+            if await redis.xrange(stream, min=entry_id, max=entry_id):
+                by_stream.setdefault(stream, []).append(entry_id)
+                break
+        else:
+            raise KeyError(f"no entry {entry_id} in {', '.join(dead_letter_streams)}")
+    return [new_id for stream, ids in by_stream.items() for new_id in await requeue(redis, stream, ids)]
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

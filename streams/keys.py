@@ -13,10 +13,24 @@ PROCESSOR_GROUP = "weir:processors"
 """The consumer group all processor replicas join."""
 
 ARCHIVE_GROUP = "weir:archive"
-"""The consumer group of the archive sink, apart from the processors' so its lag never holds them back."""
+"""The consumer group of the archive sink, separate from the processors' group so its lag never delays them."""
 
 DEAD_LETTER_STREAM = "weir:events:dead"
 """Entries that failed MAX_DELIVERIES times, each with the error that stopped it."""
+
+
+def partition_stream(partition: int) -> str:
+    """Event stream of one partition when the stream is split (`streams.partitions`).
+
+    The hash tag is the partition number, so on Redis Cluster the partitions spread over the
+    slots, and so over the shards.
+    """
+    return f"weir:events:{{{partition}}}"
+
+
+def partition_dead_letter_stream(partition: int) -> str:
+    """Dead-letter stream of one partition; it shares the partition's hash tag, so the move is one slot."""
+    return f"weir:events:dead:{{{partition}}}"
 
 SITES_HASH = "weir:sites"
 """Host name (domain or alias, lower case) to the site's JSON record; mirrors the `sites` table."""

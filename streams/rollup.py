@@ -55,45 +55,63 @@ def local_date(unix_ms: int, timezone_name: str) -> date:
     return datetime.fromtimestamp(unix_ms / 1000, _zone(timezone_name)).date()
 
 
-def _add(out: Counter, unix_ms: int, timezone_name: str, metric: str, value: int,
-         dimension_key: str | None = None, dimension_value: str | None = None, hourly: bool = True) -> None:
-    if hourly and dimension_key is None:
-        out[RollupKey(HOURLY, local_hour(unix_ms, timezone_name), metric, None, None)] += value
-    out[RollupKey(DAILY, local_date(unix_ms, timezone_name), metric, dimension_key, dimension_value)] += value
+def _buckets(unix_ms: int, timezone_name: str) -> tuple[datetime, date]:
+    """Return the hourly bucket and the local date of `unix_ms`, as local_hour and local_date do."""
+    local = datetime.fromtimestamp(unix_ms / 1000, _zone(timezone_name))
+    return local.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc), local.date()
+
+
+# RollupKey(...) runs a generated Python __new__; tuple.__new__ builds the same named tuple about
+# four times faster (180 against 730 ns on CPython 3.11), and a session adds dozens of keys.
+_new_key = tuple.__new__
 
 
 def event_contributions(out: Counter, event_type: str, action: str, timestamp_ms: int, is_bot: bool,
                         timezone_name: str) -> None:
     """Add one newly stored event's counts to `out`."""
     if event_type == PAGEVIEW:
-        if is_bot:
-            _add(out, timestamp_ms, timezone_name, "bot_pageviews", 1)
-            return
-        _add(out, timestamp_ms, timezone_name, "pageviews", 1)
-        _add(out, timestamp_ms, timezone_name, "pageviews", 1, "page", action[:1024])
-    elif not is_bot:
-        _add(out, timestamp_ms, timezone_name, "events", 1)
-        _add(out, timestamp_ms, timezone_name, "events", 1, "event", action[:1024])
+        metric, dimension = ("bot_pageviews", None) if is_bot else ("pageviews", "page")
+    elif is_bot:
+        return
+    else:
+        metric, dimension = "events", "event"
+    hour, day = _buckets(timestamp_ms, timezone_name)
+    out[_new_key(RollupKey, (HOURLY, hour, metric, None, None))] += 1
+    out[_new_key(RollupKey, (DAILY, day, metric, None, None))] += 1
+    if dimension is not None:
+        out[_new_key(RollupKey, (DAILY, day, metric, dimension, action[:1024]))] += 1
 
 
 def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int) -> None:
-    """Add (sign=+1) or remove (sign=-1) one human session's counts, from its fingerprint row."""
+    """Add (sign=+1) or remove (sign=-1) one human session's counts, from its fingerprint row.
+
+    A count of zero (no bounce, no duration) adds no key, so it writes no rollup row.
+    """
     if row["is_bot"]:
         return
-    started_ms = int(row["started_at"].timestamp() * 1000)
-    bounces = sign if row["is_bounce"] else 0
+    hour, day = _buckets(int(row["started_at"].timestamp() * 1000), timezone_name)
+    counts = [("sessions", sign)]
+    if row["is_bounce"]:
+        counts.append(("bounces", sign))
     duration = sign * int(row["duration_s"])
-    _add(out, started_ms, timezone_name, "sessions", sign)
-    _add(out, started_ms, timezone_name, "bounces", bounces)
-    _add(out, started_ms, timezone_name, "session_duration_s", duration)
+    if duration:
+        counts.append(("session_duration_s", duration))
+
+    # out.get instead of `out[key] += value`: Counter's __missing__ is a Python call for every new key.
+    get = out.get
+    for metric, value in counts:
+        key = _new_key(RollupKey, (HOURLY, hour, metric, None, None))
+        out[key] = get(key, 0) + value
+        key = _new_key(RollupKey, (DAILY, day, metric, None, None))
+        out[key] = get(key, 0) + value
     for dimension in SESSION_DIMENSIONS:
-        value = _dimension_text(row.get(dimension))
-        _add(out, started_ms, timezone_name, "sessions", sign, dimension, value, hourly=False)
-        _add(out, started_ms, timezone_name, "bounces", bounces, dimension, value, hourly=False)
-        _add(out, started_ms, timezone_name, "session_duration_s", duration, dimension, value, hourly=False)
+        text = _dimension_text(row[dimension])
+        for metric, value in counts:
+            key = _new_key(RollupKey, (DAILY, day, metric, dimension, text))
+            out[key] = get(key, 0) + value
     for dimension in VISITOR_DIMENSIONS:
-        _add(out, started_ms, timezone_name, "sessions", sign, dimension, _dimension_text(row.get(dimension)),
-             hourly=False)
+        key = _new_key(RollupKey, (DAILY, day, "sessions", dimension, _dimension_text(row[dimension])))
+        out[key] = get(key, 0) + sign
 
 
 def visitor_contributions(out: Counter, row: dict, day: date) -> None:

@@ -111,16 +111,22 @@ class Stack:
     processor: Processor
 
 
-async def wait_until_processed(redis: Redis, timeout_s: float = 60.0, stream: str = EVENTS_STREAM) -> None:
-    """Wait until the processors' group has read and acknowledged every entry of the stream."""
+async def wait_until_processed(redis: Redis, timeout_s: float = 60.0, stream: str = EVENTS_STREAM,
+                               streams: list[str] | None = None) -> None:
+    """Wait until the processors' group has read and acknowledged every entry of `stream`, or of all `streams`."""
     deadline = time.monotonic() + timeout_s
+    waiting: dict[str, dict] = {}
     while time.monotonic() < deadline:
-        groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)} if await redis.exists(stream) else {}
-        group = groups.get(PROCESSOR_GROUP)
-        if group is not None and int(group["lag"] or 0) == 0 and int(group["pending"]) == 0:
+        waiting = {}
+        for name in streams or [stream]:
+            groups = {g["name"].decode(): g for g in await redis.xinfo_groups(name)} if await redis.exists(name) else {}
+            group = groups.get(PROCESSOR_GROUP)
+            if group is None or int(group["lag"] or 0) != 0 or int(group["pending"]) != 0:
+                waiting[name] = groups
+        if not waiting:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"stream {stream} was not processed within {timeout_s}s: {groups}")
+    raise AssertionError(f"streams were not processed within {timeout_s}s: {waiting}")
 
 
 @pytest.fixture

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXIT_CONFIG_ERROR = 2
+MAX_STREAM_PARTITIONS = 1024
+"""Guards against a typo: every partition costs each processor one read per cycle."""
 
 
-class ServiceSettings(BaseSettings):
+class StreamLayoutSettings(BaseSettings):
+    """Variables of every program that reads or writes Redis: how Redis is deployed and how the stream is split.
+
+    Every service and tool of one deployment must use the same values, because they decide the
+    names of the stream keys.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    REDIS_CLUSTER: bool = Field(False, description="true when REDIS_URL names one node of a Redis Cluster; the "
+                                                   "other nodes are discovered from it")
+    STREAM_PARTITIONS: int = Field(1, ge=1, le=MAX_STREAM_PARTITIONS,
+                                   description="event streams the collector spreads visitors over; 1 keeps the "
+                                               "single stream `weir:events`. Drain the streams before changing it")
+
+
+class ServiceSettings(StreamLayoutSettings):
     """Variables every service reads.
 
     NODE_ENV keeps the name of the platform Weir replaces, so existing deployments keep
     their environment files.
     """
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     NODE_ENV: Literal["development", "production"]
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"

@@ -139,6 +139,7 @@ async def test_index_on_table_with_rows_is_concurrent(db, caplog):
     await run_guard(db, timescaledb="off")
     await db.execute("INSERT INTO session_fingerprints (session_id, started_at, ended_at) VALUES ('s1', now(), now())")
     await db.execute("DROP INDEX idx_session_fingerprints_visitor")
+    caplog.clear()
 
     with caplog.at_level(logging.INFO, logger="sinks.guard"):
         plan = await run_guard(db, timescaledb="off")
