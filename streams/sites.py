@@ -7,6 +7,7 @@ into the hash again, so a Redis that lost its data learns the sites back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class SiteDirectory:
         self._redis = redis
         self._sites: dict[str, Site] = {}
         self._loaded_at = float("-inf")
+        self._reload_lock = asyncio.Lock()
 
     async def publish(self, sites: list[Site]) -> None:
         """Write `sites` (each under its domain and every alias) into the Redis hash."""
@@ -61,7 +63,11 @@ class SiteDirectory:
     async def lookup(self, host: str) -> Site | None:
         """Return the site that `host` belongs to, or None when no site claims it."""
         if time.monotonic() - self._loaded_at > CACHE_TTL_S:
-            await self._reload()
+            # One reload at a time: requests that arrive meanwhile wait for it instead of sending
+            # their own HGETALL.
+            async with self._reload_lock:
+                if time.monotonic() - self._loaded_at > CACHE_TTL_S:
+                    await self._reload()
         return self._sites.get(normalize_host(host))
 
     async def _reload(self) -> None:
