@@ -81,7 +81,7 @@ async def run_up(args: argparse.Namespace) -> int:
     configure_logging(collector.LOG_LEVEL)
 
     services = ServiceSet()
-    services.add_processor(Processor(processor), processor.METRICS_PORT)
+    services.add_processor(Processor(processor), processor.METRICS_PORT, args.host)
     services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
     services.add_app("api", create_api_app(api), api.HOST, api.PORT)
     services.add_app("realtime", create_realtime_app(realtime), realtime.HOST, realtime.PORT)
@@ -189,8 +189,7 @@ async def import_logs(args: argparse.Namespace) -> int:
     settings = load_settings(StreamToolSettings)
     configure_logging("warning")
     for path in args.paths:
-        if not path.is_file():
-            raise CommandError(f"log file not found: {path}")
+        check_log_file(path)
 
     redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
     try:
@@ -213,7 +212,19 @@ async def import_logs(args: argparse.Namespace) -> int:
     if shift:
         print(f"timestamps shifted by {shift.days} days", file=sys.stderr)
     print(summary.line())
+    if summary.lines_read and summary.malformed == summary.lines_read:
+        raise CommandError(f"no line was in the {args.log_format!r} log format; check the files or pass --log-format")
     return 0
+
+
+def check_log_file(path) -> None:
+    """Raise CommandError unless `path` is a regular file that can be read."""
+    if not path.exists():
+        raise CommandError(f"log file not found: {path}")
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory: give the log files inside it")
+    if not path.is_file():
+        raise CommandError(f"{path} is not a regular file: give a plain or gzip log file")
 
 
 async def dead_letters(args: argparse.Namespace) -> int:

@@ -33,6 +33,14 @@ logger = logging.getLogger(__name__)
 EVENTS_PER_ENTRY = 100
 ENTRIES_PER_PIPELINE = 20
 PROGRESS_INTERVAL_S = 2.0
+MAX_MALFORMED_SHOWN = 20
+"""Malformed lines printed one by one; past this only the summary counts them."""
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Escape control and binary characters, so a wrong file cannot garble the terminal."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 @dataclass
@@ -102,8 +110,10 @@ class LogImporter:
         except MalformedLine as error:
             self.summary.malformed += 1
             self.summary.malformed_lines.append(f"{path}:{error}")
-            if self.progress:
-                print(f"malformed {path}:{error}", file=self.progress)
+            if self.progress and self.summary.malformed <= MAX_MALFORMED_SHOWN:
+                print(f"malformed {path}:{_printable(str(error))}", file=self.progress)
+            elif self.progress and self.summary.malformed == MAX_MALFORMED_SHOWN + 1:
+                print("more malformed lines follow; only their count is shown", file=self.progress)
             return
         if not is_pageview(record):
             self.summary.not_pageviews += 1
@@ -147,8 +157,8 @@ class LogImporter:
             for stream in list(self._pending):
                 self._add_entry(stream)
         if self._entries and (final or len(self._entries) >= ENTRIES_PER_PIPELINE):
-            # Not a transaction, which redis-py's cluster pipelines reject; an import run again
-            # after a failure writes the same event ids, and the sinks skip those stored already.
+            # Not a transaction, because redis-py's cluster pipelines reject one. An import run
+            # again after a failure writes the same event ids, and the sinks skip stored ones.
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream, fields in self._entries:
                     pipe.xadd(stream, fields)

@@ -25,13 +25,14 @@ class ServiceSet:
     """HTTP applications with their addresses, and processors, to run together."""
 
     apps: list[tuple[str, web.Application, str, int]] = field(default_factory=list)
-    processors: list[tuple[Processor, int]] = field(default_factory=list)
+    processors: list[tuple[Processor, int, str]] = field(default_factory=list)
 
     def add_app(self, name: str, app: web.Application, host: str, port: int) -> None:
         self.apps.append((name, app, host, port))
 
-    def add_processor(self, processor: Processor, health_port: int) -> None:
-        self.processors.append((processor, health_port))
+    def add_processor(self, processor: Processor, health_port: int, host: str = "0.0.0.0") -> None:
+        """Run `processor`, with its /health and /metrics on `host`:`health_port` unless the port is 0."""
+        self.processors.append((processor, health_port, host))
 
 
 def install_stop_signals(stopping: asyncio.Event) -> None:
@@ -49,10 +50,10 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
     runners: list[web.AppRunner] = []
     processor_tasks: list[asyncio.Task] = []
     try:
-        for processor, health_port in services.processors:
+        for processor, health_port, host in services.processors:
             await processor.start()
             if health_port:
-                services.add_app("processor", create_processor_health_app(processor), "0.0.0.0", health_port)
+                services.add_app("processor", create_processor_health_app(processor), host, health_port)
             processor_tasks.append(asyncio.create_task(processor.run(stopping)))
         for name, app, host, port in services.apps:
             runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
@@ -72,7 +73,7 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
                 logger.error("processor ended with an error error=%r", result)
         for runner in reversed(runners):
             await runner.cleanup()
-        for processor, _port in services.processors:
+        for processor, _port, _host in services.processors:
             await processor.close()
         logger.info("services stopped")
 

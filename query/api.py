@@ -7,6 +7,7 @@ CACHE_TTL_S under a key of the normalised query.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -90,6 +91,11 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = error_response(error.status, str(error), error.parameter)
     except web.HTTPException as error:
         response = error_response(error.status, error.reason)
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+            asyncio.TimeoutError) as error:
+        logger.error("database unreachable method=%s path=%s error=%r", request.method, request.path, error)
+        response = error_response(503, "the database is unreachable; retry shortly")
+        response.headers["Retry-After"] = "5"
     except Exception:
         logger.exception("API request failed method=%s path=%s", request.method, request.path)
         response = error_response(500, "internal error while answering; the server log has the details")

@@ -17,7 +17,11 @@ class BadRequest(Exception):
 
 
 def check_known(request: web.Request, allowed: set[str]) -> None:
-    for name in request.query:
+    """Raise BadRequest for a parameter the endpoint does not take, or a value PostgreSQL cannot hold."""
+    for name, value in request.query.items():
+        if "\x00" in value:
+            raise BadRequest(f"invalid {name}: the value holds a NUL character, which no stored value has",
+                             parameter=name)
         if name not in allowed:
             raise BadRequest(f"unknown parameter {name!r}; this endpoint takes {', '.join(sorted(allowed))}", parameter=name)
 

@@ -56,6 +56,8 @@ DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics",
 """Derived tables written in every batch transaction; their freshness is recorded with raw_events'."""
 GAUGE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 60.0
+IDLE_CONSUMER_MS = 24 * 3600 * 1000
+"""Consumers of earlier processes idle this long with nothing pending are removed from the group."""
 START_TIMEOUT_S = 60.0
 START_RETRY_S = 1.0
 
@@ -242,6 +244,8 @@ class Processor:
                     next_trim = time.monotonic() + TRIM_INTERVAL_S
                     for stream in self.streams:
                         await trim_stream(self.redis, stream, self.settings.STREAM_KEEP_S)
+                        await self._consumer(self.consumer_names[0], stream).remove_idle_consumers(
+                            IDLE_CONSUMER_MS, keep=set(self.consumer_names))
                 if self.partitioned and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + MAINTENANCE_INTERVAL_S
                     async with self.pool.acquire() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,11 +18,22 @@ class InvalidSite(ValueError):
     """A domain, alias or time zone that cannot be used; the message names it and the fix."""
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MAX_HOST_CHARS = 253
+
+
+def is_host_name(host: str) -> bool:
+    """True for a DNS host name: dot-separated labels of letters, digits and inner hyphens."""
+    return 0 < len(host) <= MAX_HOST_CHARS and all(_LABEL.match(label) for label in host.split("."))
+
+
 def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     """Return the normalised Site; raise InvalidSite naming the bad value."""
     domain = normalize_host(domain)
-    if not domain or "/" in domain or " " in domain:
-        raise InvalidSite(f"invalid domain {domain!r}: give a host name such as example.com")
+    if not is_host_name(domain):
+        shown = domain if len(domain) <= 80 else domain[:77] + "..."
+        raise InvalidSite(f"invalid domain {shown!r}: give a host name such as example.com "
+                          f"(letters, digits, hyphens and dots, at most {MAX_HOST_CHARS} characters)")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -29,7 +41,7 @@ def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     cleaned = []
     for alias in aliases:
         host = normalize_host(alias)
-        if not host or "/" in host or " " in host:
+        if not is_host_name(host):
             raise InvalidSite(f"invalid alias {alias!r}: give a host name such as www.{domain}")
         if host != domain and host not in cleaned:
             cleaned.append(host)

@@ -91,6 +91,23 @@ class StreamConsumer:
             return 0
         return await self.redis.xack(self.stream, self.group, *entry_ids)
 
+    async def remove_idle_consumers(self, idle_ms: int, keep: set[str]) -> list[str]:
+        """Delete consumers (of processes gone) idle for `idle_ms` with no pending entry; return their names.
+
+        A consumer with pending entries is kept: XAUTOCLAIM takes its entries over first.
+        """
+        removed = []
+        for info in await self.redis.xinfo_consumers(self.stream, self.group):
+            name = _text(info["name"])
+            if name in keep or int(info["pending"]) > 0 or int(info["idle"]) < idle_ms:
+                continue
+            await self.redis.xgroup_delconsumer(self.stream, self.group, name)
+            removed.append(name)
+        if removed:
+            logger.info("idle consumers removed stream=%s group=%s count=%d first=%s", self.stream, self.group,
+                        len(removed), removed[0])
+        return removed
+
     async def touch(self, entry_ids: list[str]) -> None:
         """Reset the idle time of this consumer's pending `entry_ids` without counting a delivery."""
         if entry_ids:

@@ -59,9 +59,34 @@ def load_settings(model: type[SettingsT], **overrides: object) -> SettingsT:
     `overrides` win over the environment; the CLI passes its options here.
     """
     try:
-        return model(**{k: v for k, v in overrides.items() if v is not None})
+        settings = model(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         raise ConfigError(_describe(model, error)) from None
+    _check_urls(model, settings)
+    return settings
+
+
+# Connection URLs are checked here, once for every model, so a typo stops the program with one
+# line instead of a driver traceback at the first connection.
+_URL_SCHEMES = {
+    "REDIS_URL": ("redis://", "rediss://", "unix://"),
+    "DATABASE_URL": ("postgresql://", "postgres://"),
+    "DATABASE_READ_URL": ("postgresql://", "postgres://"),
+}
+
+
+def _check_urls(model: type[BaseSettings], settings: BaseSettings) -> None:
+    for name, schemes in _URL_SCHEMES.items():
+        value = getattr(settings, name, None)
+        if value and not value.startswith(schemes):
+            raise ConfigError(f"{_program(model)}: invalid {name}: it must start with {' or '.join(schemes)}, "
+                              f"e.g. {schemes[0]}127.0.0.1:{6379 if name == 'REDIS_URL' else 5432}/...")
+
+
+def _program(model: type[BaseSettings]) -> str:
+    """The command a settings model belongs to, as users type it."""
+    command = getattr(model, "command_name", None)
+    return f"weir {command or model.__name__.removesuffix('Settings').lower()}"
 
 
 def _describe(model: type[BaseSettings], error: ValidationError) -> str:
@@ -73,5 +98,4 @@ def _describe(model: type[BaseSettings], error: ValidationError) -> str:
         else:
             value = item.get("input")
             problems.append(f"invalid {name}={value!r}: {item['msg']}")
-    service = model.__name__.removesuffix("Settings").lower()
-    return f"weir {service}: " + "; ".join(problems) + " (set it in the environment or an env file)"
+    return f"{_program(model)}: " + "; ".join(problems) + " (set it in the environment or an env file)"

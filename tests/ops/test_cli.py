@@ -97,3 +97,47 @@ def test_site_add_then_list(database_url, redis_url):
     assert added.returncode == 0, added.stderr
     assert added.stdout.strip() == "site example.com ready (time zone Europe/Berlin, aliases: www.example.com)"
     assert listed.stdout.strip() == "example.com\tEurope/Berlin\taliases: www.example.com"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["site", "list"], {"DATABASE_URL": "notaurl", "REDIS_URL": "redis://127.0.0.1:6379/9"},
+         "weir site: invalid DATABASE_URL: it must start with postgresql:// or postgres://"),
+        (["dlq", "list"], {"REDIS_URL": "notaurl"},
+         "weir import-logs or dlq: invalid REDIS_URL: it must start with redis:// or rediss:// or unix://"),
+    ],
+    ids=["database-url", "redis-url"],
+)
+def test_malformed_url_is_one_line_exit_2(args, env, expected):
+    result = run(args, bare_env(**env))
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: {expected}")
+
+
+@pytest.mark.parametrize("domain", ["x" * 300 + ".com", "bad..domain", "semi%complete.com", "trail-.example"])
+def test_site_add_rejects_names_that_are_not_hosts(database_url, redis_url, domain):
+    result = run(["site", "add", domain, "--timezone", "UTC"], bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: invalid domain ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_import_of_directory_or_binary_file_is_refused(stack, tmp_path):
+    env = bare_env(REDIS_URL=stack.redis_url, DATABASE_URL=stack.database_url)
+    run(["site", "add", "bin.example", "--timezone", "UTC"], env)
+    binary = tmp_path / "binary.log"
+    binary.write_bytes(bytes(range(256)) * 40)
+
+    directory = run(["import-logs", "--site", "bin.example", str(tmp_path)], env)
+    garbage = run(["import-logs", "--site", "bin.example", str(binary)], env)
+
+    assert (directory.returncode, directory.stderr.strip()) == (
+        1, f"error: {tmp_path} is a directory: give the log files inside it")
+    assert garbage.returncode == 1
+    assert garbage.stderr.strip().splitlines()[-1] == (
+        "error: no line was in the 'combined' log format; check the files or pass --log-format")
+    assert len(garbage.stderr.splitlines()) < 30

@@ -153,3 +153,39 @@ async def test_live_counts_a_posted_pageview(stack, db, redis):
     assert status == 200
     assert (live["visitors"], live["pageviews_last_minute"]) == (1, 1)
     assert live["top_pages"] == [{"path": "/now", "pageviews": 1}]
+
+
+async def test_nul_in_a_parameter_is_400(stack, db, redis):
+    await add_site(stack, db, redis, Site("n.example", "UTC"))
+
+    status, body = await get(stack, "/api/pages", {"site": "n.example", "filter": "page:eq:\x00"})
+
+    assert status == 400
+    assert body["parameter"] == "filter"
+
+
+async def test_database_down_is_503_with_retry_after(database_url, redis_url, db):
+    from aiohttp import web
+
+    from query.api import create_api_app
+    from query.settings import ApiSettings
+    from tests.conftest import free_port
+
+    port = free_port()
+    app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url, REDIS_URL=redis_url,
+                                     API_KEYS=API_KEY, PORT=port))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # Closing every pooled connection under the API stands in for a database that went away.
+        from query.api import POOL_KEY
+        await app[POOL_KEY].close()
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.get(f"http://127.0.0.1:{port}/api/sites") as response:
+                status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
+    finally:
+        await runner.cleanup()
+
+    assert (status, retry) == (503, "5")
+    assert body == {"error": "the database is unreachable; retry shortly"}

@@ -231,3 +231,20 @@ async def test_trim_keeps_replay_window(redis):
 
     assert removed == 0
     assert await redis.xlen(STREAM) == 3
+
+
+async def test_idle_consumers_without_pending_are_removed(redis):
+    await add_entries(redis, 2)
+    gone = await make_consumer(redis, "gone")
+    busy = await make_consumer(redis, "busy")
+    alive = await make_consumer(redis, "alive")
+    await gone.read_new(1, 10)
+    await gone.ack([e.entry_id for e in await gone.read_own_pending(10)])
+    await busy.read_new(1, 10)
+    await asyncio.sleep(0.05)
+
+    removed = await alive.remove_idle_consumers(idle_ms=20, keep={"alive"})
+
+    names = sorted(i["name"].decode() for i in await redis.xinfo_consumers(STREAM, GROUP))
+    assert removed == ["gone"]
+    assert names == ["busy"]
