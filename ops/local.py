@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        servers = ensure_servers(os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL"), args.data_dir)
+        servers = ensure_servers(os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL"), args.data_dir,
+                                 redis_port=int(os.environ.get("EMBEDDED_REDIS_PORT", 6390)),
+                                 pg_port=int(os.environ.get("EMBEDDED_PG_PORT", 5440)))
     except EmbeddedServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     collector_port = int(os.environ.get("COLLECTOR_PORT", 4001))
     api_port = int(os.environ.get("API_PORT", 4002))
     processor_port = int(os.environ.get("PROCESSOR_METRICS_PORT", 4010))
+    realtime_port = int(os.environ.get("REALTIME_PORT", 4003))
 
     print(f"""
 Weir is starting.
   collector   http://127.0.0.1:{collector_port}/collect
-  API         http://127.0.0.1:{api_port}/api/overview
+  dashboard   http://127.0.0.1:{api_port}/  (API under /api/)
+  live feed   http://127.0.0.1:{realtime_port}/live/SITE
   processor   http://127.0.0.1:{processor_port}/health
   Redis       {redact_url(servers.redis_url)}
   PostgreSQL  {redact_url(servers.database_url)}
@@ -69,7 +73,7 @@ Stop with Ctrl-C.
 
     try:
         return weir_main(["up", "--collector-port", str(collector_port), "--api-port", str(api_port),
-                          "--processor-metrics-port", str(processor_port)])
+                          "--processor-metrics-port", str(processor_port), "--realtime-port", str(realtime_port)])
     finally:
         stop_servers(servers)
 
