@@ -1,4 +1,4 @@
-"""What each `weir` subcommand does; ops.cli parses the arguments and calls one of these."""
+"""The handlers of the `weir` subcommands; ops.cli parses the arguments and calls one of them."""
 
 from __future__ import annotations
 

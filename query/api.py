@@ -1,7 +1,7 @@
 """The query API: reports over the stored events, behind API keys, with freshness on every answer.
 
 Every report takes the site, a period in the site's time zone (or `tz`), optional filters and
-`compare=previous`, and answers JSON (or CSV with `format=csv`). Answers are cached in Redis for
+`compare=previous`, and returns JSON (or CSV with `format=csv`). Answers are cached in Redis for
 CACHE_TTL_S under a key of the normalised query.
 """
 
@@ -67,7 +67,7 @@ def _presented_key(request: web.Request) -> str | None:
 
 
 def key_is_valid(presented: str | None, keys: frozenset[str]) -> bool:
-    """Compare in constant time against every key, so timing tells nothing about a near miss."""
+    """Compare in constant time against every key, so timing reveals nothing about a near miss."""
     if not presented:
         return False
     matched = False
@@ -222,7 +222,7 @@ async def get_sites(request: web.Request) -> web.Response:
 
 
 async def get_live(request: web.Request) -> web.Response:
-    """The site's live counters right now, from the same Redis keys the realtime service fans out."""
+    """Return the site's live counters, read from the Redis keys the realtime service fans out."""
     check_known(request, {"site"})
     domain = request.query.get("site")
     if not domain:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 
 class BadRequest(Exception):
-    """A request the API cannot answer; the message names the parameter and the fix."""
+    """A request the API rejects; the message names the parameter and the fix."""
 
     def __init__(self, message: str, status: int = 400, parameter: str | None = None) -> None:
         super().__init__(message)
@@ -20,7 +20,7 @@ def check_known(request: web.Request, allowed: set[str]) -> None:
     """Raise BadRequest for a parameter the endpoint does not take, or a value PostgreSQL cannot hold."""
     for name, value in request.query.items():
         if "\x00" in value:
-            raise BadRequest(f"invalid {name}: the value holds a NUL character, which no stored value has",
+            raise BadRequest(f"invalid {name}: the value contains a NUL character; remove it",
                              parameter=name)
         if name not in allowed:
             raise BadRequest(f"unknown parameter {name!r}; this endpoint takes {', '.join(sorted(allowed))}", parameter=name)

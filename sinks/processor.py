@@ -96,8 +96,8 @@ class Processor:
     async def start(self) -> None:
         """Open connections, run the schema guard, publish the sites and create the group.
 
-        Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, as
-        happens when every service of a deployment starts at once; then raises the last error.
+        Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, which
+        happens when every service of a deployment starts at once. Then it raises the last error.
         """
         deadline = time.monotonic() + START_TIMEOUT_S
         attempt = 0
@@ -330,7 +330,7 @@ def _utc(unix_ms: int) -> datetime:
 
 
 def create_processor_health_app(processor: Processor) -> web.Application:
-    """The processor's side-port app with /health and /metrics only."""
+    """Build the processor's side-port app, with /health and /metrics only."""
     app = web.Application()
     add_health_routes(app, processor.health_checks())
     return app

@@ -84,7 +84,7 @@ def _check_urls(model: type[BaseSettings], settings: BaseSettings) -> None:
 
 
 def _program(model: type[BaseSettings]) -> str:
-    """The command a settings model belongs to, as users type it."""
+    """Return the command a settings model belongs to, as users type it."""
     command = getattr(model, "command_name", None)
     return f"weir {command or model.__name__.removesuffix('Settings').lower()}"
 
