@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
 from streams.event import PAGEVIEW, Event
 from streams.ids import new_event_id, stable_event_id
+from streams.paths import decode_path
 from streams.sites import SiteDirectory, normalize_host
 from streams.visitor import SaltStore, utc_day, visitor_id
 
@@ -93,16 +94,6 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, list):
         return [clean_json(v) for v in value]
     return value
-
-
-def decode_path(path: str) -> str:
-    """Percent-decode a path exactly once; keep it as sent when the escapes are not valid UTF-8."""
-    if "%" not in path:
-        return path
-    try:
-        return unquote(path, errors="strict")
-    except UnicodeDecodeError:
-        return path
 
 
 def _optional_str(item: dict, name: str, limit: int) -> str | None:
