@@ -45,8 +45,8 @@ MAX_QUEUED_EVENTS = 200_000
 
 
 # KEYS: one stream. ARGV: the fields and values of each entry, each entry preceded by its number
-# of arguments. Adds several entries to one stream whole or not at all, as MULTI/EXEC would;
-# redis-py's cluster pipelines reject MULTI/EXEC.
+# of arguments. Adds several entries to one stream whole or not at all, as MULTI/EXEC would,
+# because redis-py's cluster pipelines reject MULTI/EXEC.
 _ADD_ENTRIES_SCRIPT = """
 local ids = {}
 local i = 1
@@ -203,7 +203,7 @@ def _entries(events: list[Event]) -> list[dict[bytes, bytes]]:
 
 
 def _as_redis_error(error: BaseException) -> RedisError:
-    """Return `error` as a RedisError, which the event routes answer with 503."""
+    """Return `error` as a RedisError, for which the event routes respond with 503."""
     if isinstance(error, RedisError):
         return error
     wrapped = RedisError(f"{error.__class__.__name__}: {error}")

@@ -3,8 +3,8 @@
 With REDIS_CLUSTER=true, REDIS_URL names any one node of the cluster, and redis-py's
 `RedisCluster` discovers the others and routes each command to the node that owns its key's
 slot. Weir's commands are cluster-safe: each touches one key, or several keys that share a
-hash tag (the braces in `streams.keys`), and no code uses MULTI/EXEC, which redis-py 5.2's
-cluster pipelines reject.
+hash tag (the braces in `streams.keys`). No code path that runs on a cluster uses MULTI/EXEC,
+which redis-py 5.2's cluster pipelines reject.
 """
 
 from __future__ import annotations

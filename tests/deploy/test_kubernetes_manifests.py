@@ -157,8 +157,9 @@ def test_adapter_serves_processor_metric():
     assert rule["name"]["as"] == "weir_stream_lag_entries"
     assert rule["seriesQuery"].startswith("weir_stream_lag_entries{")
     assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
-    # Every processor exports the same lag; a sum would grow with the replica count.
-    assert rule["metricsQuery"].startswith("max(")
+    # Every processor exports the same lag per partition stream: a sum across pods would grow
+    # with the replica count, so the query takes their max per stream and sums the streams.
+    assert rule["metricsQuery"].startswith("sum by (<<.GroupBy>>) (max by (<<.GroupBy>>, stream) (")
 
 
 def test_ingress_routes_reach_services(rendered):
