@@ -16,7 +16,7 @@ import asyncpg
 from sinks.fingerprints import delete_fingerprints, load_fingerprints, save_fingerprints
 from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
-from streams.fingerprint import Fingerprint, VisitorNetwork, describe, fingerprint_of_event, from_row, merge
+from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
 from streams.rollup import event_contributions, local_date, session_contributions, visitor_contributions
 from streams.sites import Site
 
@@ -40,9 +40,39 @@ class DeriveResult:
     new_visitors: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SiteBatch:
+    """The part of a batch that belongs to one site."""
+
+    site: Site
+    new_events: Sequence[NewEvent]
+    renames: dict[str, str]
+    """Stored session id to the id of the session it merged into."""
+
+
 async def write_derived(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
                         renames: dict[str, str]) -> DeriveResult:
     """Update fingerprints, rollups and visitors of one site for the events of this batch."""
+    return (await write_derived_sites(conn, [SiteBatch(site, new_events, renames)]))[0]
+
+
+async def write_derived_sites(conn: asyncpg.Connection, batches: Sequence[SiteBatch]) -> list[DeriveResult]:
+    """Update fingerprints, visitors and then rollups of every site of a batch; return a result per site.
+
+    Every batch adds to the same rollup rows (the totals of the current hour and day), and an
+    upserted row stays locked until commit, so the rollups come last, for all sites at once:
+    other batches wait for them the shortest time.
+    """
+    derived = [await _derive_site(conn, part) for part in batches]
+    for part, (result, counts) in zip(batches, derived):
+        hourly, daily = await write_rollups(conn, part.site.domain, counts)
+        result.rollup_rows = hourly + daily
+    return [result for result, _counts in derived]
+
+
+async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[DeriveResult, Counter]:
+    """Update one site's fingerprints and visitors; return the result and the rollup counts to add."""
+    site, new_events = part.site, part.new_events
     result = DeriveResult()
     counts: Counter = Counter()
 
@@ -52,7 +82,7 @@ async def write_derived(conn: asyncpg.Connection, site: Site, new_events: Sequen
         event_contributions(counts, e.type, e.action, e.timestamp_ms, item.is_bot, site.timezone)
 
     # Step 2: fingerprints of the sessions that gained events or absorbed others.
-    sessions = await _update_sessions(conn, site, new_events, renames, counts, result)
+    sessions = await _update_sessions(conn, site, new_events, part.renames, counts, result)
 
     # Step 3: visitors newly seen on a local day, with the dimensions of their session.
     visits = {(local_date(i.event.timestamp_ms, site.timezone), i.event.visitor_id): i.session_id
@@ -61,11 +91,7 @@ async def write_derived(conn: asyncpg.Connection, site: Site, new_events: Sequen
     for day, visitor in fresh:
         visitor_contributions(counts, sessions[visits[(day, visitor)]], day)
     result.new_visitors = len(fresh)
-
-    # Step 4: add everything up in the rollup tables.
-    hourly, daily = await write_rollups(conn, site.domain, counts)
-    result.rollup_rows = hourly + daily
-    return result
+    return result, counts
 
 
 async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
@@ -80,17 +106,20 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
 
     stored = await load_fingerprints(conn, site.domain, [*targets, *renames])
     rows: dict[str, dict] = {}
+    hosts = site.hosts()
     for session_id in sorted(targets):
-        parts: list[Fingerprint] = [from_row(stored[s]) for s in (session_id, *absorbed[session_id]) if s in stored]
-        parts += [_event_fingerprint(item) for item in by_session[session_id]]
-        merged = parts[0]
-        for part in parts[1:]:
-            merged = merge(merged, part, session_id)
-        rows[session_id] = describe(merged, site.hosts())
+        merged: Fingerprint | None = None
+        for part in (from_row(stored[s]) for s in (session_id, *absorbed[session_id]) if s in stored):
+            merged = part if merged is None else merge(merged, part, session_id)
+        items = by_session[session_id]
+        if items:
+            first = items[0].event
+            merged = merge_events(merged, session_id, first.site, first.visitor_id, [_facts(item) for item in items])
+        rows[session_id] = describe(merged, hosts)
 
     for session_id in {*targets, *renames}:
         if session_id in stored:
-            session_contributions(counts, dict(stored[session_id]), site.timezone, -1)
+            session_contributions(counts, stored[session_id], site.timezone, -1)
     for row in rows.values():
         session_contributions(counts, row, site.timezone, +1)
 
@@ -101,7 +130,7 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
     return rows
 
 
-def _event_fingerprint(item: NewEvent) -> Fingerprint:
+def _facts(item: NewEvent) -> EventFacts:
     e = item.event
-    return fingerprint_of_event(item.session_id, e.site, e.visitor_id, e.type, e.action, e.timestamp_ms, e.url,
-                                e.referrer, e.user_agent, item.is_bot, item.network, item.screen_size)
+    return (e.type, e.action, e.timestamp_ms, e.url, e.referrer, e.user_agent, item.is_bot, item.network,
+            item.screen_size)

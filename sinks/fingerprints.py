@@ -1,15 +1,26 @@
-"""The session_fingerprints sink: read, replace and delete fingerprint rows in the batch transaction."""
+"""The session_fingerprints sink: read, replace and delete fingerprint rows in the batch transaction.
+
+New and changed rows are COPY'd in binary into a temporary staging table and upserted from
+there in one statement; PostgreSQL spent about a third of the time parsing the same rows sent as
+one JSON document (jsonb_to_recordset).
+"""
 
 from __future__ import annotations
 
+import operator
+
 import asyncpg
-import orjson
 
 from sinks.schema import SESSION_FINGERPRINTS, quote_ident
 
 ROW_COLUMNS = tuple(c.name for c in SESSION_FINGERPRINTS.columns if c.name != "updated_at")
+_row_values = operator.itemgetter(*ROW_COLUMNS)
 _QUOTED = ", ".join(quote_ident(c) for c in ROW_COLUMNS)
-_TYPES = {c.name: c.type for c in SESSION_FINGERPRINTS.columns}
+STAGING_TABLE = "session_fingerprints_staging"
+
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (LIKE session_fingerprints INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
 
 _SELECT = f"""
 SELECT {_QUOTED} FROM session_fingerprints
@@ -18,11 +29,12 @@ SELECT {_QUOTED} FROM session_fingerprints
    FOR UPDATE
 """
 
+# Emptying the staging table in the same statement lets a transaction save several times.
 _UPSERT = f"""
+WITH staged AS (DELETE FROM {STAGING_TABLE} RETURNING {_QUOTED})
 INSERT INTO session_fingerprints ({_QUOTED}, updated_at)
-SELECT {", ".join(f"u.{quote_ident(c)}" for c in ROW_COLUMNS)}, now()
-  FROM jsonb_to_recordset($1::jsonb) AS u({", ".join(f"{quote_ident(c)} {_TYPES[c]}" for c in ROW_COLUMNS)})
- ORDER BY u.site, u.session_id
+SELECT {_QUOTED}, now() FROM staged
+ ORDER BY site, session_id
 ON CONFLICT (site, session_id) DO UPDATE SET
 {", ".join(f"    {quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in ROW_COLUMNS if c not in ("site", "session_id"))},
     updated_at = now()
@@ -39,9 +51,11 @@ async def load_fingerprints(conn: asyncpg.Connection, site: str, session_ids: li
 
 async def save_fingerprints(conn: asyncpg.Connection, rows: list[dict]) -> None:
     """Insert or replace `rows` (mappings with every ROW_COLUMNS key)."""
-    if rows:
-        payload = orjson.dumps([{c: row[c] for c in ROW_COLUMNS} for row in rows]).decode()
-        await conn.execute(_UPSERT, payload)
+    if not rows:
+        return
+    await conn.execute(_CREATE_STAGING)
+    await conn.copy_records_to_table(STAGING_TABLE, records=[_row_values(row) for row in rows], columns=ROW_COLUMNS)
+    await conn.execute(_UPSERT)
 
 
 async def delete_fingerprints(conn: asyncpg.Connection, site: str, session_ids: list[str]) -> None:

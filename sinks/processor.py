@@ -22,7 +22,7 @@ from aiohttp import web
 
 from sinks import metrics as sink_metrics
 from sinks.archive import create_archive_runner
-from sinks.derive import NewEvent, write_derived
+from sinks.derive import NewEvent, SiteBatch, write_derived_sites
 from sinks.errors import is_transient
 from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, record_write
 from sinks.guard import run_guard
@@ -197,12 +197,10 @@ class Processor:
                 seen.add(event_id)
                 new_by_site[stored.event.site].append(
                     NewEvent(stored.event, stored.session_id, stored.is_bot, enrichment.network))
-        rows = 0
-        for domain in sorted(set(new_by_site) | set(renames)):
-            site = await self.sites.get(conn, domain)
-            result = await write_derived(conn, site, new_by_site.get(domain, []), renames.get(domain, {}))
-            rows += result.sessions_written + result.rollup_rows + result.new_visitors
-        return rows
+        parts = [SiteBatch(await self.sites.get(conn, domain), new_by_site.get(domain, []), renames.get(domain, {}))
+                 for domain in sorted(set(new_by_site) | set(renames))]
+        results = await write_derived_sites(conn, parts)
+        return sum(r.sessions_written + r.rollup_rows + r.new_visitors for r in results)
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, events) -> None:
         days = {_utc(e.timestamp_ms).date() for e in events}

@@ -48,7 +48,7 @@ class StoredEvent:
 def to_record(stored: StoredEvent) -> tuple:
     event = stored.event
     return (
-        uuid.UUID(event.id),
+        event.id,  # asyncpg encodes a uuid column from its text form, and raises ValueError on a bad one
         stored.session_id,
         event.user_id,
         event.type,

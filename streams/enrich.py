@@ -6,6 +6,7 @@ sinks receive the derived fields, never the address.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from streams.bots import BotDetector
@@ -13,6 +14,11 @@ from streams.event import Event
 from streams.fingerprint import VisitorNetwork
 from streams.geo import GeoLookup
 from streams.network import NetworkLookup
+
+# Distinct (address, user agent) pairs whose enrichment is kept. An entry costs about 300 bytes
+# plus the two strings (measured with tracemalloc on CPython 3.11), so with 150-character user
+# agents a full cache takes an estimated 25 MB.
+CACHE_SIZE = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +35,20 @@ class Enricher:
         self.bots = bots or BotDetector()
         self.geo = geo or GeoLookup()
         self.network = network or NetworkLookup()
+        # The result depends on the address and the user agent alone, and a visitor sends both with
+        # every event, so a visitor's later events cost one lookup here instead of three and two objects.
+        self._enrich_cached = functools.lru_cache(maxsize=CACHE_SIZE)(self._enrich)
 
     def enrich(self, event: Event) -> Enrichment:
         """Return what the processor derives from one event alone."""
-        is_bot = self.bots.is_bot(event.user_agent)
-        if not event.ip:
+        return self._enrich_cached(event.ip, event.user_agent)
+
+    def _enrich(self, ip: str | None, user_agent: str | None) -> Enrichment:
+        is_bot = self.bots.is_bot(user_agent)
+        if not ip:
             return Enrichment(is_bot=is_bot)
-        place = self.geo.lookup(event.ip)
-        owner = self.network.lookup(event.ip, is_bot=is_bot)
+        place = self.geo.lookup(ip)
+        owner = self.network.lookup(ip, is_bot=is_bot)
         return Enrichment(is_bot=is_bot, network=VisitorNetwork(
             country=place.country, region=place.region, city=place.city, asn=owner.asn, org=owner.org,
             org_type=owner.org_type, is_government=owner.is_government, response_tier=owner.response_tier))

@@ -11,7 +11,8 @@ Ties are broken by content, never by arrival: the entry is the first pageview by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from streams.event import PAGEVIEW
@@ -34,6 +35,9 @@ class VisitorNetwork:
     org_type: str | None = None
     is_government: bool = False
     response_tier: str | None = None
+
+
+_NO_NETWORK = VisitorNetwork()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,22 +107,60 @@ def merge(a: Fingerprint, b: Fingerprint, session_id: str | None = None) -> Fing
     entry = a.entry if a.entry.key <= b.entry.key else b.entry
     exit_key, exit_page = max(((a.exit_key, a.exit_page), (b.exit_key, b.exit_page)),
                               key=lambda pair: pair[0] or ())
-    network = a.network if a.network != VisitorNetwork() else b.network
-    return replace(
-        a,
-        session_id=session_id or a.session_id,
-        started_ms=min(a.started_ms, b.started_ms),
-        ended_ms=max(a.ended_ms, b.ended_ms),
-        pageviews=a.pageviews + b.pageviews,
-        events=a.events + b.events,
-        is_bot=a.is_bot or b.is_bot,
-        entry=entry,
-        exit_key=exit_key,
-        exit_page=exit_page,
-        user_agent=a.user_agent or b.user_agent,
-        network=network,
-        screen_size=a.screen_size or b.screen_size,
+    network = a.network if a.network != _NO_NETWORK else b.network
+    # The constructor, not dataclasses.replace: this runs once per event of a batch.
+    return Fingerprint(
+        session_id or a.session_id, a.site, a.visitor_id,
+        min(a.started_ms, b.started_ms), max(a.ended_ms, b.ended_ms),
+        a.pageviews + b.pageviews, a.events + b.events, a.is_bot or b.is_bot,
+        entry, exit_key, exit_page, a.user_agent or b.user_agent, network, a.screen_size or b.screen_size,
     )
+
+
+EventFacts = tuple[str, str, int, "str | None", "str | None", "str | None", bool, "VisitorNetwork | None", "str | None"]
+"""What a fingerprint takes from one event: type, action, time (unix ms), URL, referrer, user agent,
+bot flag, network and screen size, in this order."""
+
+
+def merge_events(fingerprint: Fingerprint | None, session_id: str, site: str, visitor_id: str,
+                 events: Sequence[EventFacts]) -> Fingerprint:
+    """Merge `events` into `fingerprint` (None: start from the first event), in the order given.
+
+    Gives exactly `merge(..., fingerprint_of_event(...), session_id)` applied event by event,
+    ties included, without building a fingerprint per event. `events` must not be empty when
+    `fingerprint` is None.
+    """
+    if fingerprint is None:
+        fingerprint = fingerprint_of_event(session_id, site, visitor_id, *events[0])
+        events = events[1:]
+    if not events:
+        return fingerprint
+
+    f = fingerprint
+    started_ms, ended_ms, pageviews, other_events, is_bot = f.started_ms, f.ended_ms, f.pageviews, f.events, f.is_bot
+    entry, exit_key, exit_page = f.entry, f.exit_key, f.exit_page
+    user_agent, network, screen_size = f.user_agent, f.network, f.screen_size
+    for event_type, action, timestamp_ms, url, referrer, agent, bot, event_network, event_screen in events:
+        is_pageview = event_type == PAGEVIEW
+        started_ms = min(started_ms, timestamp_ms)
+        ended_ms = max(ended_ms, timestamp_ms)
+        if is_pageview:
+            pageviews += 1
+        else:
+            other_events += 1
+        is_bot = is_bot or bot
+        key = _entry_key(event_type, timestamp_ms, action)
+        if not entry.key <= key:
+            entry = Entry(key, action if is_pageview else None, referrer, url)
+        # As in merge: the later candidate replaces the exit only when strictly greater.
+        if is_pageview and (timestamp_ms, action) > (exit_key or ()):
+            exit_key, exit_page = (timestamp_ms, action), action
+        user_agent = user_agent or agent
+        if network == _NO_NETWORK:
+            network = event_network or _NO_NETWORK
+        screen_size = screen_size or event_screen
+    return Fingerprint(session_id, f.site, f.visitor_id, started_ms, ended_ms, pageviews, other_events, is_bot, entry,
+                       exit_key, exit_page, user_agent, network, screen_size)
 
 
 def _clip(value: str | None, limit: int = MAX_TEXT) -> str | None:

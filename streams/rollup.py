@@ -116,9 +116,12 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
 
 def visitor_contributions(out: Counter, row: dict, day: date) -> None:
     """Add one visitor newly seen on a local `day`, with its visitor dimensions."""
-    out[RollupKey(DAILY, day, "visitors", None, None)] += 1
+    get = out.get
+    key = _new_key(RollupKey, (DAILY, day, "visitors", None, None))
+    out[key] = get(key, 0) + 1
     for dimension in VISITOR_DIMENSIONS:
-        out[RollupKey(DAILY, day, "visitors", dimension, _dimension_text(row.get(dimension)))] += 1
+        key = _new_key(RollupKey, (DAILY, day, "visitors", dimension, _dimension_text(row.get(dimension))))
+        out[key] = get(key, 0) + 1
 
 
 def _dimension_text(value) -> str:

@@ -35,6 +35,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -93,7 +94,7 @@ def database_url(admin_url: str, name: str) -> str:
 
 
 async def create_database(admin_url: str) -> str:
-    name = f"weir_bench_{uuid.uuid4().hex[:12]}"
+    name = f"weir_bench_processor_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
@@ -364,6 +365,14 @@ async def wait_for_drain(redis: Redis, streams: list[str], processes: list[subpr
     raise RuntimeError(f"the stream was not drained within {timeout_s:.0f} s")
 
 
+def batch_failures(log: str) -> dict[str, int]:
+    """Count the processors' failed batch attempts in their log, by error class."""
+    failures: dict[str, int] = {}
+    for match in re.finditer(r"batch failed .*? error=(\w+)", log):
+        failures[match.group(1)] = failures.get(match.group(1), 0) + 1
+    return failures
+
+
 async def table_digests(conn: asyncpg.Connection) -> dict[str, str]:
     digests = {}
     for table, query in DIGEST_QUERIES.items():
@@ -442,6 +451,7 @@ async def measure_processors(admin_url: str, redis_url: str, traffic: Traffic, r
         if any(codes):
             raise RuntimeError(f"processors exited with {codes}; see {log_path}")
         elapsed_s = drained - first_read
+        log = log_path.read_text(errors="replace")
         return {
             "replicas": replicas,
             "events": len(traffic.events),
@@ -450,6 +460,7 @@ async def measure_processors(admin_url: str, redis_url: str, traffic: Traffic, r
             "peak_rss_mib": [round(peak, 1) for peak, _ in memory],
             "rss_at_end_mib": [round(current, 1) for _, current in memory],
             "cpu_s": {k: round(v, 2) for k, v in used.items()},
+            "batch_failures": batch_failures(log),
             "totals": await check_totals(conn, traffic),
             "digests": await table_digests(conn),
         }
@@ -486,12 +497,13 @@ def summarize(report: dict) -> str:
         row(f"processors, {replicas} replica{'s' if replicas > 1 else ''}",
             [r["processors"][number]["events_per_s"] for r in rounds])
     lines += ["", "| replicas | peak RSS MiB per processor | CPU s: processors / PG backends / PG auxiliary / "
-              "Redis / whole machine (of available) |", "|---|---|---|"]
+              "Redis / whole machine (of available) | failed batch attempts |", "|---|---|---|---|"]
     for run in (r for rnd in rounds for r in rnd["processors"]):
         cpu = run["cpu_s"]
+        failures = ", ".join(f"{name} {count}" for name, count in run["batch_failures"].items()) or "0"
         lines.append(f"| {run['replicas']} | {', '.join(str(v) for v in run['peak_rss_mib'])} | "
                      f"{cpu['processors']} / {cpu['postgres_backends']} / {cpu['postgres_auxiliary']} / "
-                     f"{cpu['redis']} / {cpu['machine_busy']} ({cpu['machine_total']}) |")
+                     f"{cpu['redis']} / {cpu['machine_busy']} ({cpu['machine_total']}) | {failures} |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import datetime, timezone
 
@@ -10,12 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sinks import sessions
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from sinks.sites import upsert_site
 from streams.consumer import Entry
 from streams.event import Event, encode_entry
 from streams.ids import stable_event_id
+from streams.partitions import partition_of
 from streams.sites import Site
 
 MINUTE_MS = 60_000
@@ -147,3 +150,76 @@ async def test_half_hour_zone_buckets_start_on_local_hours(processor, db):
     assert [(str(r["date"]), r["value"]) for r in days] == [("2026-03-01", 2), ("2026-03-02", 1)]
     assert [(r["bucket"].isoformat(), r["value"]) for r in buckets] == [
         ("2026-03-01T17:30:00+00:00", 2), ("2026-03-01T18:30:00+00:00", 1)]
+
+
+async def test_batch_over_visitor_lock_limit_gives_same_tables(processor, db, monkeypatch):
+    await upsert_site(db, EVENT_POOL_SITE)
+    pool = event_pool()
+    await feed(processor, [pool])
+    expected = await snapshot(db)
+    await truncate_all(db)
+
+    monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
+    await feed(processor, [pool])
+
+    assert await snapshot(db) == expected
+
+
+async def hold_group_lock(conn: asyncpg.Connection, visitor: str, *, exclusive: bool) -> None:
+    """Take, in `conn`'s transaction, the lock of the visitor group of `visitor` on the event pool's site."""
+    group = partition_of(EVENT_POOL_SITE.domain, visitor, sessions.VISITOR_GROUPS)
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.fetchval(f"SELECT {function}($1, hashtext($2 || ':' || $3::int))", sessions.GROUP_LOCK_CLASS,
+                        EVENT_POOL_SITE.domain, group)
+
+
+async def test_batch_over_visitor_lock_limit_waits_for_group(processor, db, database_url, monkeypatch):
+    monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
+    await upsert_site(db, EVENT_POOL_SITE)
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await hold_group_lock(writer, "v1", exclusive=False)  # as a batch of few visitors does
+            batch = asyncio.create_task(feed(processor, [event_pool()]))
+            await asyncio.sleep(0.5)
+            waited = not batch.done()
+        await asyncio.wait_for(batch, 30)
+    finally:
+        await writer.close()
+
+    assert waited
+    assert await db.fetchval("SELECT count(*) FROM raw_events") == len(event_pool())
+
+
+async def test_batch_waits_for_its_group_held_exclusively(processor, db, database_url):
+    await upsert_site(db, EVENT_POOL_SITE)
+    pool = [e for e in event_pool() if e.visitor_id == "v1"]
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await hold_group_lock(writer, "v1", exclusive=True)  # as a large batch of the same group does
+            batch = asyncio.create_task(feed(processor, [pool]))
+            await asyncio.sleep(0.5)
+            waited = not batch.done()
+        await asyncio.wait_for(batch, 30)
+    finally:
+        await writer.close()
+
+    assert waited
+    assert await db.fetchval("SELECT count(*) FROM raw_events") == len(pool)
+
+
+async def test_batch_ignores_other_visitor_groups(processor, db, database_url):
+    await upsert_site(db, EVENT_POOL_SITE)
+    pool = [e for e in event_pool() if e.visitor_id == "v1"]
+    other = next(v for v in (f"w{n}" for n in range(1000)) if partition_of(EVENT_POOL_SITE.domain, v, sessions.VISITOR_GROUPS)
+                 != partition_of(EVENT_POOL_SITE.domain, "v1", sessions.VISITOR_GROUPS))
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await hold_group_lock(writer, other, exclusive=True)  # as a large batch of other visitors does
+            await asyncio.wait_for(feed(processor, [pool]), 10)
+    finally:
+        await writer.close()
+
+    assert await db.fetchval("SELECT count(*) FROM raw_events") == len(pool)
