@@ -92,8 +92,8 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as error:
         response = error_response(error.status, error.reason)
     except (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError) as error:
-        # A table that lost a column (or was dropped) must never read as an empty answer.
-        logger.error("schema drift while answering method=%s path=%s error=%s", request.method, request.path, error)
+        # A table that lost a column (or was dropped) must never read as an empty response.
+        logger.error("schema drift failed a report method=%s path=%s error=%s", request.method, request.path, error)
         response = error_response(503, f"the database schema does not match this version of Weir ({error}); "
                                        "run `weir schema check`, then restart a processor to repair it")
         response.headers["Retry-After"] = "30"

@@ -147,7 +147,8 @@ async def test_incident_is_loud_and_repaired_by_restart(database_url, redis_url,
         assert (await redis.xpending("weir:events", "weir:processors"))["pending"] > 0
         assert await redis.xlen("weir:events:dead") == 0
         log_text = log.read_text()
-        assert "batch failed agent=raw-events" in log_text and "entry_ids=" in log_text
+        assert "batch failed agent=raw-events" in log_text
+        assert "entry_ids=" in log_text
         async def answers_warn() -> bool:
             _, body = await api_answer(database_url, redis_url, "/api/overview")
             return body["freshness"]["stale"]
@@ -155,14 +156,15 @@ async def test_incident_is_loud_and_repaired_by_restart(database_url, redis_url,
         for path in ("/api/overview", "/api/pages", "/api/traffic", "/api/audience", "/api/network"):
             status, body = await api_answer(database_url, redis_url, path)
             if status == 503:
-                # A report whose query reads the broken column fails loudly instead of answering zeros.
+                # A report whose query reads the broken column fails loudly instead of returning zeros.
                 assert body["error"].startswith("the database schema does not match this version of Weir")
                 continue
             assert status == 200
             assert body["freshness"]["stale"] is True
             assert any(" is stale: 4 stream entries have waited up to " in w for w in body["freshness"]["warnings"])
         _, health = await first.get("/health")
-        assert "session_fingerprints was last written" in health and "aggregated_metrics was last written" in health
+        assert "session_fingerprints was last written" in health
+        assert "aggregated_metrics was last written" in health
         assert first.stop() == 0
     finally:
         if first.process.poll() is None:
