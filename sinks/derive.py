@@ -60,8 +60,8 @@ async def write_derived_sites(conn: asyncpg.Connection, batches: Sequence[SiteBa
     """Update fingerprints, visitors and then rollups of every site of a batch; return a result per site.
 
     Every batch adds to the same rollup rows (the totals of the current hour and day), and an
-    upserted row stays locked until commit, so the rollups come last, for all sites at once:
-    other batches wait for them the shortest time.
+    upserted row stays locked until commit. So the rollups of all sites come last, which keeps
+    other batches waiting for those rows the shortest time.
     """
     derived = [await _derive_site(conn, part) for part in batches]
     for part, (result, counts) in zip(batches, derived):

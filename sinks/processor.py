@@ -155,8 +155,8 @@ class Processor:
                 if self.partitioned:
                     await self._ensure_partitions(conn, events)
                 async with conn.transaction():
-                    # Plan each statement for this batch's arrays: a generic plan cached while the tables were
-                    # small or had no statistics yet (autovacuum off) stays in use as they grow.
+                    # Plan every statement for this batch's own arrays, because a generic plan cached while the
+                    # tables were small or had no statistics yet (autovacuum off) stays in use as they grow.
                     await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                     session_ids, renames = await assign_sessions(conn, events)
                     batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]

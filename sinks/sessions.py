@@ -2,7 +2,7 @@
 
 Concurrent batches of one visitor take turns, which keeps stored session ids equal to the
 sessions of the stored events. A batch takes transaction-scoped advisory locks in this order,
-each kind in sorted order, so agents never deadlock on them:
+each kind in sorted order, so that no two batches can deadlock on them:
 
 1. its sites, shared (a rebuild of a site takes that lock exclusively);
 2. its visitor groups (VISITOR_GROUPS per site, by crc32 of `site:visitor_id`): shared when the
@@ -36,7 +36,7 @@ SELECT count(pg_advisory_xact_lock_shared({SITE_LOCK_CLASS}, hashtext(s)))
 """
 
 MAX_VISITOR_LOCKS = 500
-"""Most visitors a batch locks one by one; a batch with more locks its visitor groups exclusively.
+"""Maximum number of visitors that a batch locks one by one; a batch with more locks its groups instead.
 
 Advisory locks share PostgreSQL's lock table with every session of the server: about
 max_locks_per_transaction (64) times max_connections (100) entries on a stock server, plus spare

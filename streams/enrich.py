@@ -35,8 +35,8 @@ class Enricher:
         self.bots = bots or BotDetector()
         self.geo = geo or GeoLookup()
         self.network = network or NetworkLookup()
-        # The result depends on the address and the user agent alone, and a visitor sends both with
-        # every event, so a visitor's later events cost one lookup here instead of three and two objects.
+        # The result depends on the address and the user agent alone, which a visitor sends with every
+        # event. So a visitor's later events cost one cache lookup instead of three and two new objects.
         self._enrich_cached = functools.lru_cache(maxsize=CACHE_SIZE)(self._enrich)
 
     def enrich(self, event: Event) -> Enrichment:

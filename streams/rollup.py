@@ -105,12 +105,12 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
         key = _new_key(RollupKey, (DAILY, day, metric, None, None))
         out[key] = get(key, 0) + value
     for dimension in SESSION_DIMENSIONS:
-        text = _dimension_text(row[dimension])
+        text = _dimension_text(row.get(dimension))
         for metric, value in counts:
             key = _new_key(RollupKey, (DAILY, day, metric, dimension, text))
             out[key] = get(key, 0) + value
     for dimension in VISITOR_DIMENSIONS:
-        key = _new_key(RollupKey, (DAILY, day, "sessions", dimension, _dimension_text(row[dimension])))
+        key = _new_key(RollupKey, (DAILY, day, "sessions", dimension, _dimension_text(row.get(dimension))))
         out[key] = get(key, 0) + sign
 
 

@@ -3,16 +3,17 @@
 The traffic of `generate` has these properties, each drawn from a seeded random generator so
 that a run can be repeated exactly:
 
-- five sites in five time zones (one with a half-hour offset), with Zipf-weighted shares;
+- five sites in five time zones (one with a half-hour offset), with 40, 25, 15, 12 and 8% of
+  the sessions;
 - visitors that each have an address (15% IPv6) and a user agent drawn from a few hundred
   browser strings, and an id hashed from site, address and user agent as the collector does;
-- sessions of 1 to 20 events with a long tail (about 40% are single pageviews), with 5% of the
-  visitors coming back for a second session after a gap of more than 30 minutes;
+- sessions of 1 to 20 events with a long tail (40% of human sessions are one pageview), with
+  5% of the visitors coming back for a second session after a gap of more than 30 minutes;
 - pages drawn from 2,000 paths per site and referrers from 4,000 outside hosts, both
-  Zipf-weighted; the first pageview of a session comes from a search engine, a social
+  Zipf-weighted. The first pageview of a session comes from a search engine, a social
   network, a long-tail site or nowhere (direct), and 10% of them carry UTM parameters;
 - about 20% of the events from crawlers and automation tools, which send longer sessions;
-- about 4% custom events with a few properties, and properties on a quarter of the pageviews.
+- about 3.5% custom events with a few properties, and properties on a quarter of the pageviews.
 
 Events are ordered by time, routed to their visitor's partition of the stream and packed 100
 to an entry per partition and site, as the log importer writes them.
@@ -36,7 +37,7 @@ SESSION_GAP_MS = 30 * 60 * 1000
 BOT_SESSION_SHARE = 0.066
 """Bot sessions are about 3.5 times longer than human ones, so this gives about 20% of the events."""
 CUSTOM_EVENT_CHANCE = 0.065
-"""Chance that a human event after the first is a custom event: about 4% of all events."""
+"""Chance that a human event after the first is a custom event, which makes about 3.5% of all events."""
 RETURNING_VISITOR_SHARE = 0.05
 
 SITES = (

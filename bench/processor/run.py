@@ -1,18 +1,21 @@
 """Benchmark the processor from a pre-filled stream to committed tables, beside raw COPY.
 
 Usage: .venv/bin/python -m bench.processor.run [--events 300000] [--replicas 1 2] [--concurrency 5]
-       [--batch-size 100] [--rounds 1] [--redis-db 14] [--profile-dir DIR] [--output FILE]
+       [--batch-size 100] [--stream-partitions 1] [--rounds 1] [--redis-db 14] [--gc-threshold T]
+       [--profile-dir DIR] [--output FILE]
+   or: .venv/bin/python bench/processor/run.py with the same options
 
 Each round measures, in this order and against the same PostgreSQL:
 
-1. raw COPY: the same events as `raw_events` rows, COPY'd with asyncpg into a `raw_events`
-   that the schema guard created (so with the same indexes and day partitions), in chunks of
-   one processor batch (BATCH_SIZE entries of 100 events), one transaction per chunk, over
-   one connection and then over two; then psql's `\\copy` of all rows from one file;
-2. for each replica count, real `weir processor` processes (CONCURRENCY and BATCH_SIZE as
-   given) draining the stream into raw_events, session_fingerprints, aggregated_metrics,
-   daily_metrics and daily_visitors. The rate runs from the group's first read to the moment
-   the group has nothing left to read and nothing pending, which is after the last commit.
+1. raw COPY: the same events as `raw_events` rows go into a `raw_events` that the schema guard
+   created, so with the same indexes and day partitions. asyncpg COPYs them in chunks of one
+   processor batch (BATCH_SIZE entries of 100 events), one transaction per chunk, over one
+   connection and then over two. Then psql's `\\copy` loads all rows from one file.
+2. For each replica count, real `weir processor` processes (CONCURRENCY, BATCH_SIZE and
+   STREAM_PARTITIONS as given) drain the stream into raw_events, session_fingerprints,
+   aggregated_metrics, daily_metrics and daily_visitors. The rate runs from the group's first
+   read to the moment the groups have nothing left to read and nothing pending, which is after
+   the last commit.
 
 Every measurement gets a new database on `--pg` (created and dropped here), and the stream
 lives in Redis database `--redis-db` on `--redis`, which is flushed before and after each
@@ -152,7 +155,7 @@ async def server_versions(admin_url: str, redis_url: str) -> dict:
 
 
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) that process `pid` used so far; 0 once it is gone."""
+    """Return the CPU seconds (user plus system) that process `pid` has used, or 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
@@ -161,7 +164,7 @@ def process_cpu_s(pid: int) -> float:
 
 
 def peak_rss_mib(pid: int) -> tuple[float, float]:
-    """Peak (VmHWM) and current (VmRSS) resident memory of `pid`, in MiB."""
+    """Return the peak (VmHWM) and current (VmRSS) resident memory of `pid`, in MiB."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, rest = line.partition(":")
@@ -171,7 +174,7 @@ def peak_rss_mib(pid: int) -> tuple[float, float]:
 
 
 def machine_busy_s() -> tuple[float, float]:
-    """Busy and total CPU seconds of the whole machine since boot, summed over its CPUs."""
+    """Return the busy and total CPU seconds of the whole machine since boot, summed over its CPUs."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
     total = sum(fields[:8])
@@ -184,7 +187,7 @@ async def backend_pids(conn: asyncpg.Connection, database: str) -> list[int]:
 
 
 async def auxiliary_pids(conn: asyncpg.Connection) -> list[int]:
-    """PostgreSQL's own processes (WAL writer, checkpointer, background writer, ...), shared by every database."""
+    """Return the pids of PostgreSQL's own processes (WAL writer, checkpointer, ...), which serve every database."""
     rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'")
     return [r["pid"] for r in rows]
 
@@ -209,7 +212,7 @@ class CpuWindow:
         self.machine_started = machine_busy_s()
 
     def stop(self, extra: dict[str, list[int]] | None = None) -> dict[str, float]:
-        """Return CPU seconds per group; `extra` groups (found only at the end) count all their CPU."""
+        """Return the CPU seconds per group. Groups in `extra`, found only at the end, count all their CPU."""
         now = self._sample()
         busy, total = machine_busy_s()
         result = {group: now[group] - self.started[group] for group in self.pids}
@@ -224,7 +227,7 @@ class CpuWindow:
 
 
 def raw_records(traffic: Traffic) -> list[tuple]:
-    """The events as raw_events rows, with a session id of the processor's length (one per visitor)."""
+    """Return the events as raw_events rows, with one session id per visitor, as long as the processor's."""
     records = []
     for event, bot in zip(traffic.events, traffic.bot_flags):
         session_id = hashlib.blake2b(f"{event.site}\x00{event.visitor_id}".encode(), digest_size=16).hexdigest()
@@ -307,9 +310,9 @@ async def group_states(redis: Redis, streams: list[str]) -> list[dict | None]:
 
 
 def write_gc_hook(workdir: Path, thresholds: str) -> Path:
-    """Write a sitecustomize module that sets the processors' GC thresholds; return its folder.
+    """Write a sitecustomize module that sets the processors' GC thresholds, and return its folder.
 
-    An experiment only: it shows what the thresholds would change if the processor set them.
+    This is an experiment. It shows what the thresholds would change if the processor set them.
     """
     folder = workdir / "gc-hook"
     folder.mkdir(exist_ok=True)
@@ -352,7 +355,8 @@ async def wait_for_drain(redis: Redis, streams: list[str], processes: list[subpr
     while time.monotonic() < deadline:
         for process in processes:
             if process.poll() is not None:
-                raise RuntimeError(f"processor {process.pid} exited with {process.returncode} before the stream drained")
+                raise RuntimeError(f"processor {process.pid} exited with {process.returncode} "
+                                   "before the stream drained")
         states = await group_states(redis, streams)
         now = time.monotonic()
         if all(state is not None for state in states):
@@ -514,8 +518,8 @@ async def run(args: argparse.Namespace) -> dict:
     traffic = generate(args.events, end_ms, args.window_min * 60_000, StreamPartitions(args.stream_partitions),
                        seed=args.seed)
     records = raw_records(traffic)
-    print(f"generated {len(traffic.events):,} events in {len(traffic.entries):,} entries, {traffic.sessions:,} sessions, "
-          f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(f"generated {len(traffic.events):,} events in {len(traffic.entries):,} entries, "
+          f"{traffic.sessions:,} sessions, in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     report = {"versions": await server_versions(args.pg, redis_url), "events": len(traffic.events),
               "entries": len(traffic.entries), "sessions_generated": traffic.sessions,
@@ -530,8 +534,8 @@ async def run(args: argparse.Namespace) -> dict:
         for number in range(args.rounds):
             result: dict = {"copy": await measure_copy(args.pg, traffic, records,
                                                        args.batch_size * EVENTS_PER_ENTRY, workdir)}
-            print(f"round {number + 1}: raw COPY {json.dumps({k: v for k, v in result['copy'].items() if k != 'indexes'})}",
-                  file=sys.stderr)
+            rates = {k: v for k, v in result["copy"].items() if k != "indexes"}
+            print(f"round {number + 1}: raw COPY {json.dumps(rates)}", file=sys.stderr)
             result["processors"] = []
             for replicas in args.replicas:
                 measured = await measure_processors(args.pg, redis_url, traffic, replicas, args, workdir)

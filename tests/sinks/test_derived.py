@@ -212,8 +212,9 @@ async def test_batch_waits_for_its_group_held_exclusively(processor, db, databas
 async def test_batch_ignores_other_visitor_groups(processor, db, database_url):
     await upsert_site(db, EVENT_POOL_SITE)
     pool = [e for e in event_pool() if e.visitor_id == "v1"]
-    other = next(v for v in (f"w{n}" for n in range(1000)) if partition_of(EVENT_POOL_SITE.domain, v, sessions.VISITOR_GROUPS)
-                 != partition_of(EVENT_POOL_SITE.domain, "v1", sessions.VISITOR_GROUPS))
+    own_group = partition_of(EVENT_POOL_SITE.domain, "v1", sessions.VISITOR_GROUPS)
+    other = next(f"w{n}" for n in range(1000)
+                 if partition_of(EVENT_POOL_SITE.domain, f"w{n}", sessions.VISITOR_GROUPS) != own_group)
     writer = await asyncpg.connect(database_url)
     try:
         async with writer.transaction():
