@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 import orjson
 
 from streams.event import PAGEVIEW, Event
-from streams.ids import new_event_id, stable_event_id
+from streams.ids import new_event_id_text, stable_event_id_text
 from streams.paths import decode_path
 from streams.sites import SiteDirectory, normalize_host
 from streams.visitor import SaltStore, utc_day, visitor_id
@@ -68,9 +68,10 @@ class Rejection:
 
 @dataclass(slots=True)
 class RequestMemo:
-    """Site lookups and visitor ids already computed for earlier items of the same request."""
+    """Site lookups, page paths and visitor ids already computed for earlier items of the same request."""
 
     sites: dict[str, str] = field(default_factory=dict)
+    pages: dict[tuple, str] = field(default_factory=dict)
     visitors: dict[tuple, str] = field(default_factory=dict)
 
 
@@ -184,13 +185,16 @@ class EventBuilder:
         event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
         if not _TYPE_PATTERN.match(event_type):
             raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
-        action = self._action(item, event_type, url)
+        action = self._action(item, event_type, url, memo)
 
         timestamp_ms = parse_timestamp(item.get("timestamp"))
         sent_at_ms = parse_timestamp(item.get("sent_at")) or context.sent_at_ms
         timestamp_ms = self._correct_clock(timestamp_ms, sent_at_ms, context)
         client_id = _optional_str(item, "id", MAX_ID_CHARS) or _optional_str(item, "message_id", MAX_ID_CHARS)
-        event_id = stable_event_id(site, client_id, timestamp_ms) if client_id else new_event_id(context.received_ms)
+        if client_id:
+            event_id = stable_event_id_text(site, client_id, timestamp_ms)
+        else:
+            event_id = new_event_id_text(context.received_ms)
 
         user_agent = _optional_str(item, "user_agent", 2048) or context.user_agent
         ip = context.ip
@@ -210,7 +214,7 @@ class EventBuilder:
             visitor = memo.visitors[visitor_key] = _visitor_id(salt, site, ip, user_agent, anonymous_id)
 
         return Event(
-            id=str(event_id),
+            id=event_id,
             site=site,
             type=event_type,
             action=action,
@@ -236,20 +240,14 @@ class EventBuilder:
         return site.domain
 
     @staticmethod
-    def _action(item: dict, event_type: str, url: str | None) -> str:
+    def _action(item: dict, event_type: str, url: str | None, memo: RequestMemo) -> str:
         if event_type == PAGEVIEW:
             path = _optional_str(item, "path", MAX_URL_CHARS)
-            if path is None and url:
-                parts = _split_url(url)
-                path = (parts.path or "/") + (f"#{parts.fragment}" if parts.fragment else "")
-            if path is None:
-                raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
-            path, _, fragment = path.partition("#")
-            path = decode_path(path.split("?", 1)[0]) or "/"
-            if fragment and item.get("hash_mode"):
-                # Hash-routed single-page apps keep their route in the fragment.
-                path = f"{path}#{decode_path(fragment)}"
-            return path[:MAX_ACTION_CHARS]
+            key = (path, url, bool(item.get("hash_mode")))
+            page = memo.pages.get(key)
+            if page is None:
+                page = memo.pages[key] = _page(path, url, key[2])
+            return page
 
         name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
         if name is None:
@@ -273,6 +271,21 @@ class EventBuilder:
             raise InvalidEvent("invalid_timestamp", f"timestamp {timestamp_ms} ms is before 2000-01-01")
         # What is still ahead of our clock is clamped, so no posted event is stored in the future.
         return min(timestamp_ms, context.received_ms)
+
+
+def _page(path: str | None, url: str | None, hash_mode: bool) -> str:
+    """Return a pageview's action: the decoded path of `path` or else of `url`, with the fragment in hash mode."""
+    if path is None and url:
+        parts = _split_url(url)
+        path = (parts.path or "/") + (f"#{parts.fragment}" if parts.fragment else "")
+    if path is None:
+        raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
+    path, _, fragment = path.partition("#")
+    path = decode_path(path.split("?", 1)[0]) or "/"
+    if fragment and hash_mode:
+        # Hash-routed single-page apps keep their route in the fragment.
+        path = f"{path}#{decode_path(fragment)}"
+    return path[:MAX_ACTION_CHARS]
 
 
 @functools.lru_cache(maxsize=16)
