@@ -55,6 +55,13 @@ def parse_ip(text: str | None) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=8192)
+def _address_text(text: str | None) -> str | None:
+    """Return parse_ip(text) as a string, cached because str() of an address is pure Python and runs on every request."""
+    address = parse_ip(text)
+    return None if address is None else str(address)
+
+
 def _is_trusted(address: IPAddress, trusted: Iterable) -> bool:
     return any(address.version == network.version and address in network for network in trusted)
 
@@ -74,7 +81,7 @@ def client_ip(peer: str | None, forwarded: str | None, x_forwarded_for: str | No
     if address is None:
         return None
     if not trusted or not _is_trusted(address, trusted):
-        return str(address)
+        return _address_text(peer)
 
     for hop in reversed(forwarded_chain(forwarded, x_forwarded_for)):
         hop_address = parse_ip(hop)

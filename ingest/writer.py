@@ -221,12 +221,21 @@ def _settle(batch: list[tuple[list[Event], asyncio.Future[None]]], error: BaseEx
             future.set_exception(error)
 
 
-
 def encode_events(events: list[Event]) -> dict[bytes, bytes]:
-    """Return the fields of one stream entry carrying `events`, as `streams.event.encode_entry` does.
+    """Return the fields of one stream entry carrying `events`, byte for byte as `streams.event.encode_entry` does.
 
-    orjson serializes the dataclasses itself, several times faster than `encode_entry`'s
-    `dataclasses.asdict`, which deep-copies each event first; a test checks both give the
-    same bytes.
+    orjson 3.13 takes about 1.7 times as long to serialize a slotted dataclass as to build and
+    serialize a dict of the same fields (52 µs against 30 µs for 50 events), so it gets dicts.
+    A test checks the bytes against encode_entry's.
     """
-    return {VERSION_FIELD: WIRE_VERSION, EVENTS_FIELD: orjson.dumps(events)}
+    return {VERSION_FIELD: WIRE_VERSION, EVENTS_FIELD: orjson.dumps([_event_fields(event) for event in events])}
+
+
+def _event_fields(event: Event) -> dict:
+    # Every field of streams.event.Event in declaration order, as orjson writes a dataclass.
+    return {
+        "id": event.id, "site": event.site, "type": event.type, "action": event.action,
+        "timestamp_ms": event.timestamp_ms, "received_ms": event.received_ms, "visitor_id": event.visitor_id,
+        "url": event.url, "referrer": event.referrer, "user_agent": event.user_agent, "ip": event.ip,
+        "user_id": event.user_id, "props": event.props, "source": event.source,
+    }
