@@ -152,7 +152,8 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
         if site is None:
             raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
         tz = request.query.get("tz") or site.timezone
-        scope = Scope(site.domain, parse_period(request.query, tz), tuple(parse_filters(request.query)))
+        scope = Scope(site.domain, parse_period(request.query, tz), tuple(parse_filters(request.query)),
+                      site_timezone=site.timezone)
 
         data, tables = await compute(request, conn, scope)
         body: dict = {"site": site.domain, "timezone": tz, "from": scope.period.first.isoformat(),
@@ -162,7 +163,7 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
         else:
             body["data"] = data
         if with_comparison:
-            previous = Scope(scope.site, scope.period.previous(), scope.filters)
+            previous = Scope(scope.site, scope.period.previous(), scope.filters, site_timezone=site.timezone)
             earlier, _ = await compute(request, conn, previous)
             body["comparison"] = {"from": previous.period.first.isoformat(), "to": previous.period.last.isoformat(),
                                   **(earlier if isinstance(earlier, dict) else {"data": earlier})}

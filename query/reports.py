@@ -1,15 +1,19 @@
 """The SQL behind each report. Each function takes a connection and a Scope and returns plain data.
 
-Unfiltered reports over whole days read the rollup tables (daily_metrics, daily_visitors);
-everything else reads raw_events and session_fingerprints. Both paths give the same numbers,
-which tests check.
+Unfiltered reports over whole days read the rollup tables (daily_metrics, daily_visitors)
+where those give the same numbers as raw_events and session_fingerprints; tests check that
+both paths agree. The rollups hold no unique visitors per page, event or session dimension
+(source, referrer, UTM, entry and exit page), and a sum of daily counts would count a visitor
+once per day. So top pages, entry and exit pages, events and traffic always read the raw
+tables. Audience and network read visitors and sessions from the rollups when local days are
+UTC days (`Scope.days_are_utc_days`), and bounce rate and duration from the fingerprints.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from query.dimensions import DIMENSIONS
+from query.dimensions import DIMENSIONS, VISITOR_ROLLUPS
 from query.scope import Scope
 
 
@@ -56,9 +60,13 @@ async def _overview_from_rollups(conn: asyncpg.Connection, scope: Scope) -> dict
         "SELECT metric_name, sum(value) AS total FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 "
         "AND dimension_key IS NULL GROUP BY metric_name", scope.site, period.first, period.last)
     totals = {r["metric_name"]: int(r["total"]) for r in rows}
-    visitors = await conn.fetchval(
-        "SELECT count(DISTINCT visitor_id) FROM daily_visitors WHERE site = $1 AND date >= $2 AND date <= $3",
-        scope.site, period.first, period.last)
+    if scope.days_are_utc_days:
+        # Each visitor id lives within one UTC day, so here daily unique visitors add up exactly.
+        visitors = totals.get("visitors", 0)
+    else:
+        visitors = await conn.fetchval(
+            "SELECT count(DISTINCT visitor_id) FROM daily_visitors WHERE site = $1 AND date >= $2 AND date <= $3",
+            scope.site, period.first, period.last)
     return _totals(totals.get("pageviews", 0), totals.get("bot_pageviews", 0), totals.get("events", 0), visitors,
                    totals.get("sessions", 0), totals.get("bounces", 0), totals.get("session_duration_s", 0))
 
@@ -108,6 +116,8 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
     """Visitors, sessions, bounce rate and duration per value of a session dimension."""
+    if scope.uses_rollups and scope.days_are_utc_days and dimension in VISITOR_ROLLUPS:
+        return await _visitor_breakdown_from_rollups(conn, scope, dimension, limit, offset)
     expression = DIMENSIONS[dimension].expression
     params = scope.params()
     where = scope.sessions_from(params)
@@ -121,7 +131,52 @@ async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: s
     return [dict(r) for r in rows]
 
 
+async def _visitor_breakdown_from_rollups(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
+                                          offset: int) -> list[dict]:
+    """Rank values by visitors and sessions from daily_metrics; add bounce rate and duration for those rows.
+
+    Only the values shown are read from session_fingerprints, with the raw path's own
+    expressions, and without count(DISTINCT), which is the costly part of that path.
+    """
+    key, value_sql = VISITOR_ROLLUPS[dimension]
+    period = scope.period
+    ranked = await conn.fetch(
+        f"SELECT {value_sql} AS value, sum(value) FILTER (WHERE metric_name = 'visitors') AS visitors, "
+        "sum(value) FILTER (WHERE metric_name = 'sessions') AS sessions "
+        "FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 AND dimension_key = $4 "
+        "AND metric_name IN ('visitors', 'sessions') GROUP BY 1 "
+        "HAVING sum(value) FILTER (WHERE metric_name = 'sessions') > 0 "
+        "ORDER BY visitors DESC, sessions DESC, value LIMIT $5 OFFSET $6",
+        scope.site, period.first, period.last, key, limit, offset)
+    if not ranked:
+        return []
+
+    expression = f"coalesce({DIMENSIONS[dimension].expression}, '')"
+    params = scope.params()
+    where = scope.sessions_from(params)
+    params.append([r["value"] for r in ranked])
+    rates = await conn.fetch(
+        f"SELECT {expression} AS value, round(avg(s.is_bounce::int), 4)::float AS bounce_rate, "
+        "round(avg(s.duration_s), 1)::float AS avg_session_duration_s "
+        f"{where} AND {expression} = ANY(${len(params)}::text[]) GROUP BY 1", *params)
+    by_value = {r["value"]: r for r in rates}
+    rows = []
+    for r in ranked:
+        rate = by_value.get(r["value"])
+        rows.append({"value": r["value"], "visitors": int(r["visitors"] or 0), "sessions": int(r["sessions"]),
+                     "bounce_rate": rate["bounce_rate"] if rate else None,
+                     "avg_session_duration_s": rate["avg_session_duration_s"] if rate else None})
+    return rows
+
+
 async def government_share(conn: asyncpg.Connection, scope: Scope) -> float | None:
+    if scope.uses_rollups and scope.days_are_utc_days:
+        period = scope.period
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(value) FILTER (WHERE dimension_value = 'true'), 0) AS government, "
+            "coalesce(sum(value), 0) AS visitors FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 "
+            "AND metric_name = 'visitors' AND dimension_key = 'isGovernment'", scope.site, period.first, period.last)
+        return _ratio(int(row["government"]), int(row["visitors"]))
     params = scope.params()
     row = await conn.fetchrow(
         'SELECT count(DISTINCT s.visitor_id) FILTER (WHERE s."isGovernment") AS government, '
