@@ -80,6 +80,9 @@ class StreamWriter:
     """
 
     def __init__(self, redis: RedisClient, streams: str | StreamPartitions) -> None:
+        if isinstance(streams, StreamPartitions) and len(streams.streams()) == 1:
+            # Every event goes to the one partition, so routing each event would only cost CPU.
+            streams = streams.streams()[0]
         self._redis = redis
         self._stream = streams if isinstance(streams, str) else None
         self._partitions = streams if isinstance(streams, StreamPartitions) else None
