@@ -1,7 +1,7 @@
 """Benchmark the live feed: thousands of SSE clients on one realtime process under steady traffic.
 
 Usage: .venv/bin/python bench/live/run.py [--clients 2000] [--rate 200] [--duration-s 30]
-       [--interval-ms 1000] [--redis-db 15] [--output FILE]
+       [--interval-ms 500] [--redis-db 15] [--output FILE]
 
 It starts, as separate processes on free ports of 127.0.0.1, `weir processor`, `weir
 collector` and one `weir realtime`, against a new PostgreSQL database on `--pg` (dropped at
@@ -327,8 +327,8 @@ def main() -> None:
                         help="PostgreSQL admin DSN; a database is created and dropped on it")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server URL, without a database")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database number, flushed before and after")
-    parser.add_argument("--interval-ms", type=int, default=1000,
-                        help="LIVE_INTERVAL_MS of the realtime process (default 1000, the service's default)")
+    parser.add_argument("--interval-ms", type=int, default=500,
+                        help="LIVE_INTERVAL_MS of the realtime process (default 500, the service's default)")
     parser.add_argument("--output", help="also write the results as JSON to this file")
     args = parser.parse_args()
 

@@ -40,7 +40,7 @@ from streams.live import (
 )
 from streams.sites import Site, SiteDirectory
 from streams.visitor import SaltStore
-from tests.conftest import API_KEY, REDIS_SERVER_URL, REPO, free_port, wait_until_processed, weir_command
+from tests.conftest import API_KEY, REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free_port, wait_until_processed, weir_command
 
 SITE = "live.example"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
@@ -159,12 +159,12 @@ def utc_ms(text: str) -> int:
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """Redis database 12, flushed before and after the test.
+    """A Redis database of their own (three above the suite's), flushed before and after the test.
 
-    The other layers' suites share database 9 and flush it around each test. These tests time
-    deliveries to the second, so a flush from a suite run at the same moment must not reach them.
+    The other layers' suites share the suite's database and flush it around each test. These tests
+    time deliveries to the second, so a flush from a suite run at the same moment must not reach them.
     """
-    url = f"{REDIS_SERVER_URL}/12"
+    url = f"{REDIS_SERVER_URL}/{(REDIS_TEST_DB + 3) % 16}"
     client = Redis.from_url(url)
     await client.flushdb()
     yield url
@@ -185,7 +185,7 @@ async def live(stack, db, redis) -> AsyncIterator[Realtime]:
 async def test_sse_update_arrives_within_one_second(stack, live):
     async with open_sse(f"{live.url}/live/{SITE}", AUTH) as stream:
         first = await stream.next_update()
-        # Updates go out at most once per second, so the post waits until the first one is a second old.
+        # Updates go out at most once per LIVE_INTERVAL_MS, so the post waits until the first is older than that.
         await asyncio.sleep(1.0)
 
         posted = time.monotonic()
