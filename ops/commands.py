@@ -24,7 +24,7 @@ from query.live import create_realtime_app
 from query.live_settings import RealtimeSettings
 from query.settings import ApiSettings
 from sinks.guard import run_guard, schema_sql
-from sinks.processor import Processor
+from sinks.processor import Processor, tune_garbage_collection
 from sinks.settings import ProcessorSettings
 from streams.bots import read_bot_patterns
 from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
@@ -51,6 +51,7 @@ async def run_processor(args: argparse.Namespace) -> int:
     configure_logging(settings.LOG_LEVEL)
     services = ServiceSet()
     services.add_processor(Processor(settings), settings.METRICS_PORT)
+    tune_garbage_collection()
     await run_services(services)
     return 0
 

@@ -8,6 +8,7 @@ acknowledged only after its transaction committed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -60,6 +61,25 @@ IDLE_CONSUMER_MS = 24 * 3600 * 1000
 """Consumers of earlier processes idle this long with nothing pending are removed from the group."""
 START_TIMEOUT_S = 60.0
 START_RETRY_S = 1.0
+GC_THRESHOLDS = (50_000, 20, 10)
+"""Python's collector thresholds in a processor process (the defaults are 700, 10, 10).
+
+A batch keeps tens of thousands of objects alive while it is built, so at the defaults the
+young generation is collected hundreds of times per batch and full collections walk the geo and
+network readers' cached blocks. At the defaults collection took about a quarter of the
+processor's CPU, and these thresholds cut its CPU per event by about a fifth (bench/processor).
+"""
+
+
+def tune_garbage_collection() -> None:
+    """Freeze what start-up loaded (patterns, readers) and collect less often; for processor processes only.
+
+    Call it once the Processor is built. Frozen objects are never collected, which is right for
+    data that lives as long as the process. Reference cycles are still collected, less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class BatchCounts(NamedTuple):

@@ -1,7 +1,7 @@
 """Benchmark the processor from a pre-filled stream to committed tables, beside raw COPY.
 
 Usage: .venv/bin/python -m bench.processor.run [--events 300000] [--replicas 1 2] [--concurrency 5]
-       [--batch-size 100] [--stream-partitions 1] [--rounds 1] [--redis-db 14] [--gc-threshold T]
+       [--batch-size 100] [--stream-partitions 1] [--rounds 1] [--redis-db 14]
        [--profile-dir DIR] [--output FILE]
    or: .venv/bin/python bench/processor/run.py with the same options
 
@@ -309,18 +309,6 @@ async def group_states(redis: Redis, streams: list[str]) -> list[dict | None]:
     return states
 
 
-def write_gc_hook(workdir: Path, thresholds: str) -> Path:
-    """Write a sitecustomize module that sets the processors' GC thresholds, and return its folder.
-
-    This is an experiment. It shows what the thresholds would change if the processor set them.
-    """
-    folder = workdir / "gc-hook"
-    folder.mkdir(exist_ok=True)
-    values = ", ".join(str(int(v)) for v in thresholds.split(","))
-    (folder / "sitecustomize.py").write_text(f"import gc\ngc.set_threshold({values})\n")
-    return folder
-
-
 def start_processor(env: dict, number: int, log_path: Path) -> subprocess.Popen:
     env = {**env, "CONSUMER_NAME": f"bench-{number}"}
     with open(log_path, "ab") as log:
@@ -431,8 +419,6 @@ async def measure_processors(admin_url: str, redis_url: str, traffic: Traffic, r
         env.update(NODE_ENV="production", REDIS_URL=redis_url, DATABASE_URL=url, CONCURRENCY=str(args.concurrency),
                    BATCH_SIZE=str(args.batch_size), STREAM_PARTITIONS=str(args.stream_partitions), METRICS_PORT="0",
                    LOG_LEVEL="info", PYTHONUNBUFFERED="1")
-        if args.gc_threshold:
-            env["PYTHONPATH"] = str(write_gc_hook(workdir, args.gc_threshold))
         log_path = workdir / f"processors-{replicas}.log"
         processes = [start_processor(env, number, log_path) for number in range(replicas)]
         cpu = CpuWindow({"processors": [p.pid for p in processes], "redis": [await redis_pid(redis)],
@@ -487,7 +473,6 @@ def summarize(report: dict) -> str:
     lines = [f"events {report['events']:,} in {report['entries']:,} entries of up to {EVENTS_PER_ENTRY}; "
              f"CONCURRENCY={report['concurrency']} BATCH_SIZE={report['batch_size']} "
              f"STREAM_PARTITIONS={report['stream_partitions']}"
-             + (f" gc.set_threshold({report['gc_threshold']})" if report["gc_threshold"] else "")
              + f"; rounds {len(rounds)}", "",
              "| measurement | rows or events/s (median) | each round |", "|---|---|---|"]
 
@@ -526,7 +511,7 @@ async def run(args: argparse.Namespace) -> dict:
               "bot_share": sum(traffic.bot_flags) / len(traffic.events),
               "custom_event_share": sum(e.type != "pageview" for e in traffic.events) / len(traffic.events),
               "window_min": args.window_min, "concurrency": args.concurrency, "batch_size": args.batch_size,
-              "stream_partitions": args.stream_partitions, "gc_threshold": args.gc_threshold,
+              "stream_partitions": args.stream_partitions,
               "replicas": args.replicas, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
               "rounds": []}
     workdir = Path(tempfile.mkdtemp(prefix="weir-bench-processor-"))
@@ -561,8 +546,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100, help="BATCH_SIZE, entries per batch (default 100)")
     parser.add_argument("--stream-partitions", type=int, default=1,
                         help="STREAM_PARTITIONS: event streams, one visitor's events in one (default 1)")
-    parser.add_argument("--gc-threshold",
-                        help="experiment: run the processors with gc.set_threshold(THRESHOLDS), e.g. 50000,20,10")
     parser.add_argument("--rounds", type=int, default=1, help="repetitions of every measurement (default 1)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic traffic (default 1)")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
