@@ -57,7 +57,7 @@ def parse_ip(text: str | None) -> IPAddress | None:
 
 @functools.lru_cache(maxsize=8192)
 def _address_text(text: str | None) -> str | None:
-    """Return parse_ip(text) as a string, cached because str() of an address is pure Python and runs on every request."""
+    """Return parse_ip(text) as a string. Cached, because str() of an address runs pure Python on every request."""
     address = parse_ip(text)
     return None if address is None else str(address)
 
