@@ -186,7 +186,12 @@ async def _overview(request, conn, scope):
 
 async def _timeseries(request, conn, scope):
     interval = parse_interval(request.query, scope.period)
-    return await timeseries(conn, scope, interval), ["raw_events", "session_fingerprints"]
+    # timeseries() reads the rollups under this condition, and freshness must list the tables read.
+    if scope.uses_rollups and interval in ("day", "week", "month"):
+        tables = ["daily_metrics", "daily_visitors"]
+    else:
+        tables = ["raw_events", "session_fingerprints"]
+    return await timeseries(conn, scope, interval), tables
 
 
 async def _pages(request, conn, scope):
@@ -213,6 +218,8 @@ def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
         answer: dict = {"dimension": dimension, "data": data}
         if extra is not None:
             answer.update(await extra(conn, scope))
+        if reports.breakdown_uses_rollups(scope, dimension):
+            return answer, ["daily_metrics", "session_fingerprints"]
         return answer, ["session_fingerprints"]
     return compute
 

@@ -113,10 +113,15 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
     return [dict(r) for r in rows]
 
 
+def breakdown_uses_rollups(scope: Scope, dimension: str) -> bool:
+    """Return whether session_breakdown reads visitors and sessions from daily_metrics."""
+    return scope.uses_rollups and scope.days_are_utc_days and dimension in VISITOR_ROLLUPS
+
+
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
     """Visitors, sessions, bounce rate and duration per value of a session dimension."""
-    if scope.uses_rollups and scope.days_are_utc_days and dimension in VISITOR_ROLLUPS:
+    if breakdown_uses_rollups(scope, dimension):
         return await _visitor_breakdown_from_rollups(conn, scope, dimension, limit, offset)
     expression = DIMENSIONS[dimension].expression
     params = scope.params()

@@ -207,3 +207,17 @@ async def test_answers_are_cached_and_exported(imported, redis):
     rows = list(csv.reader(io.StringIO(await api(imported, "/api/pages", limit="2", format="csv"))))
     assert rows == [["path", "pageviews", "visitors"], ["/projects/xdotool/", "203", "177"],
                     ["/projects/xdotool/xdotool.xhtml", "143", "132"]]
+
+
+@pytest.mark.parametrize("path, params, tables", [
+    ("/api/overview", {}, {"daily_metrics", "daily_visitors"}),
+    ("/api/timeseries", {"interval": "day"}, {"daily_metrics", "daily_visitors"}),
+    ("/api/timeseries", {"interval": "hour"}, {"raw_events", "session_fingerprints"}),
+    ("/api/audience", {"dimension": "country"}, {"daily_metrics", "session_fingerprints"}),
+    ("/api/network", {"dimension": "org"}, {"daily_metrics", "session_fingerprints"}),
+    ("/api/audience", {"dimension": "country", "tz": "Asia/Kolkata"}, {"session_fingerprints"}),
+    ("/api/traffic", {"dimension": "source"}, {"session_fingerprints"}),
+])
+async def test_freshness_lists_tables_read(imported, path, params, tables):
+    answer = await api(imported, path, **params)
+    assert set(answer["freshness"]["tables"]) == tables
