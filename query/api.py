@@ -216,16 +216,18 @@ def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
         dimension = _choice(request, "dimension", dimensions, default)
         data = await reports.session_breakdown(conn, scope, dimension, parse_limit(request), parse_offset(request))
         answer: dict = {"dimension": dimension, "data": data}
+        tables = ["session_fingerprints"]
         if extra is not None:
-            answer.update(await extra(conn, scope))
-        if reports.breakdown_uses_rollups(scope, dimension):
-            return answer, ["daily_metrics", "session_fingerprints"]
-        return answer, ["session_fingerprints"]
+            extra_answer, extra_tables = await extra(conn, scope)
+            answer.update(extra_answer)
+            tables = sorted({*tables, *extra_tables})
+        return answer, tables
     return compute
 
 
-async def _government(conn, scope) -> dict:
-    return {"government_share": await reports.government_share(conn, scope)}
+async def _government(conn, scope) -> tuple[dict, list[str]]:
+    tables = ["daily_metrics"] if reports.government_share_uses_rollups(scope) else ["session_fingerprints"]
+    return {"government_share": await reports.government_share(conn, scope)}, tables
 
 
 async def get_sites(request: web.Request) -> web.Response:

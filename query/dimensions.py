@@ -60,20 +60,3 @@ TRAFFIC = ("channel", "source", "referrer", "utm_source", "utm_medium", "utm_cam
 AUDIENCE = ("country", "region", "city", "browser", "os", "device", "screen")
 NETWORK = ("asn", "org", "org_type", "response_tier", "government")
 
-# API dimension -> (daily_metrics dimension_key, SQL text of the value as the raw path shows it).
-# The rollups store these per visitor and local day (streams/rollup.py VISITOR_DIMENSIONS): an
-# unknown value as '', a boolean as 'true' or 'false'.
-VISITOR_ROLLUPS = {
-    "country": ("country", "dimension_value"),
-    "region": ("region", "dimension_value"),
-    "city": ("city", "dimension_value"),
-    "browser": ("browser", "dimension_value"),
-    "os": ("os", "dimension_value"),
-    "device": ("device_type", "dimension_value"),
-    "screen": ("screen_size", "dimension_value"),
-    "asn": ("asn", "dimension_value"),
-    "org": ("org", "dimension_value"),
-    "org_type": ("orgType", "dimension_value"),
-    "response_tier": ("responseTier", "dimension_value"),
-    "government": ("isGovernment", "CASE WHEN dimension_value = 'true' THEN 'government' ELSE 'other' END"),
-}

@@ -5,15 +5,17 @@ where those give the same numbers as raw_events and session_fingerprints; tests 
 both paths agree. The rollups hold no unique visitors per page, event or session dimension
 (source, referrer, UTM, entry and exit page), and a sum of daily counts would count a visitor
 once per day. So top pages, entry and exit pages, events and traffic always read the raw
-tables. Audience and network read visitors and sessions from the rollups when local days are
-UTC days (`Scope.days_are_utc_days`), and bounce rate and duration from the fingerprints.
+tables. Audience and network do too: the rollups give their visitors and sessions (for sites
+in UTC) but not their bounce rate and duration, and ranking from daily_metrics plus reading
+those two from the fingerprints measured no faster than the raw query (bench/dashboard).
+The government share reads the rollups for sites in UTC.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from query.dimensions import DIMENSIONS, VISITOR_ROLLUPS
+from query.dimensions import DIMENSIONS
 from query.scope import Scope
 
 
@@ -113,16 +115,9 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
     return [dict(r) for r in rows]
 
 
-def breakdown_uses_rollups(scope: Scope, dimension: str) -> bool:
-    """Return whether session_breakdown reads visitors and sessions from daily_metrics."""
-    return scope.uses_rollups and scope.days_are_utc_days and dimension in VISITOR_ROLLUPS
-
-
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
     """Visitors, sessions, bounce rate and duration per value of a session dimension."""
-    if breakdown_uses_rollups(scope, dimension):
-        return await _visitor_breakdown_from_rollups(conn, scope, dimension, limit, offset)
     expression = DIMENSIONS[dimension].expression
     params = scope.params()
     where = scope.sessions_from(params)
@@ -136,46 +131,18 @@ async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: s
     return [dict(r) for r in rows]
 
 
-async def _visitor_breakdown_from_rollups(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
-                                          offset: int) -> list[dict]:
-    """Rank values by visitors and sessions from daily_metrics; add bounce rate and duration for those rows.
+def government_share_uses_rollups(scope: Scope) -> bool:
+    """Return whether government_share reads daily_metrics: whole UTC days, so daily visitors add up.
 
-    Only the values shown are read from session_fingerprints, with the raw path's own
-    expressions, and without count(DISTINCT), which is the costly part of that path.
+    NOTE: a visitor id that does not hash one address (an SDK's anonymous id) counts under its
+    first stored session's network that day, while the raw path counts it as government when
+    any of its sessions was (see streams.rollup.visitor_contributions).
     """
-    key, value_sql = VISITOR_ROLLUPS[dimension]
-    period = scope.period
-    ranked = await conn.fetch(
-        f"SELECT {value_sql} AS value, sum(value) FILTER (WHERE metric_name = 'visitors') AS visitors, "
-        "sum(value) FILTER (WHERE metric_name = 'sessions') AS sessions "
-        "FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 AND dimension_key = $4 "
-        "AND metric_name IN ('visitors', 'sessions') GROUP BY 1 "
-        "HAVING sum(value) FILTER (WHERE metric_name = 'sessions') > 0 "
-        "ORDER BY visitors DESC, sessions DESC, value LIMIT $5 OFFSET $6",
-        scope.site, period.first, period.last, key, limit, offset)
-    if not ranked:
-        return []
-
-    expression = f"coalesce({DIMENSIONS[dimension].expression}, '')"
-    params = scope.params()
-    where = scope.sessions_from(params)
-    params.append([r["value"] for r in ranked])
-    rates = await conn.fetch(
-        f"SELECT {expression} AS value, round(avg(s.is_bounce::int), 4)::float AS bounce_rate, "
-        "round(avg(s.duration_s), 1)::float AS avg_session_duration_s "
-        f"{where} AND {expression} = ANY(${len(params)}::text[]) GROUP BY 1", *params)
-    by_value = {r["value"]: r for r in rates}
-    rows = []
-    for r in ranked:
-        rate = by_value.get(r["value"])
-        rows.append({"value": r["value"], "visitors": int(r["visitors"] or 0), "sessions": int(r["sessions"]),
-                     "bounce_rate": rate["bounce_rate"] if rate else None,
-                     "avg_session_duration_s": rate["avg_session_duration_s"] if rate else None})
-    return rows
+    return scope.uses_rollups and scope.days_are_utc_days
 
 
 async def government_share(conn: asyncpg.Connection, scope: Scope) -> float | None:
-    if scope.uses_rollups and scope.days_are_utc_days:
+    if government_share_uses_rollups(scope):
         period = scope.period
         row = await conn.fetchrow(
             "SELECT coalesce(sum(value) FILTER (WHERE dimension_value = 'true'), 0) AS government, "
