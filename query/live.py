@@ -264,7 +264,9 @@ class SiteFeed:
                     self.latest = update
                     self._fan_out(update)
                     LIVE_UPDATES.inc()
-                    last_sent = last_activity = read_at
+                    # The time of sending, not of reading: reads take varying time, and two
+                    # sends must be at least an interval apart.
+                    last_sent = last_activity = loop.time()
                 self.ready.set()
             self._wake_read_waiters()
 
@@ -314,14 +316,14 @@ class SiteFeed:
         return encode_update(payload, content)
 
     async def _wait_for_next_read(self, read_at: float, last_sent: float, interval_s: float) -> None:
-        """Return one interval after `read_at`, or earlier when an announcement came and the last send is old enough.
+        """Return an interval after the later of `read_at` and the last send, or sooner after an announcement.
 
         Without clients there is no rate to respect, so an announcement is read at once and a
         client that joins next gets current counters.
         """
         loop = asyncio.get_running_loop()
         while True:
-            target = read_at + interval_s
+            target = max(read_at, last_sent) + interval_s
             if self.wake.is_set():
                 target = min(target, last_sent + interval_s if self.subscribers else 0.0)
             delay = target - loop.time()
