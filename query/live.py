@@ -264,8 +264,8 @@ class SiteFeed:
                     self.latest = update
                     self._fan_out(update)
                     LIVE_UPDATES.inc()
-                    # The time of sending, not of reading: reads take varying time, and two
-                    # sends must be at least an interval apart.
+                    # Record the send time, not the read time, because reads take varying time
+                    # and two sends must be at least an interval apart.
                     last_sent = last_activity = loop.time()
                 self.ready.set()
             self._wake_read_waiters()

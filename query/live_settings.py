@@ -21,8 +21,8 @@ class RealtimeSettings(ServiceSettings):
     HOST: str = Field("0.0.0.0", description="address to listen on")
     CORS_ORIGINS: str = Field("*", description="comma-separated origins (scheme://host[:port]) whose pages may "
                                                 "open the feed, or *")
-    # 500 and not 1000: an event waits for the next update up to one interval, plus the pipeline and
-    # the fan-out, so an interval of a whole second cannot show every event within one second.
+    # The default is 500 rather than 1000 because an event waits up to one interval for the next
+    # update, plus the pipeline and the fan-out. A one-second interval misses the one-second goal.
     LIVE_INTERVAL_MS: int = Field(500, ge=100, description="minimum time in ms between two updates to one client, "
                                                           "and the period in ms at which counters are read again")
     HEARTBEAT_S: float = Field(15.0, gt=0, description="seconds without an update after which a client gets a "

@@ -28,8 +28,8 @@ SESSION_DIMENSIONS = ("source", "medium", "referrer_host", "utm_source", "utm_me
                       "utm_content", "entry_page", "exit_page")
 # Visitor dimensions: constant for a visitor id that hashes the address and user agent, so
 # visitors per value and day add up exactly for those visitors. An id from `anonymous_id` or a
-# Segment user id can carry several addresses and user agents in one day; see
-# visitor_contributions for what that does.
+# Segment user id can carry several addresses and user agents in one day, which
+# visitor_contributions does not handle exactly.
 VISITOR_DIMENSIONS = ("country", "region", "city", "browser", "os", "device_type", "screen_size", "asn", "org",
                       "orgType", "isGovernment", "responseTier")
 
@@ -118,11 +118,10 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
 
 def visitor_contributions(out: Counter, row: dict, day: date) -> None:
     """Add one visitor newly seen on a local `day`, with its visitor dimensions."""
-    # TODO: a visitor whose id does not hash its address and user agent (anonymous_id, Segment
-    # ids) counts under the dimensions of whichever of its sessions was stored first that day, so
-    # those rows depend on arrival order and can differ from count(DISTINCT visitor_id) per value
-    # over session_fingerprints. A fix keeps the attributing session in daily_visitors and moves
-    # the count when an earlier session of the day arrives.
+    # TODO: a visitor id from anonymous_id or a Segment id counts under the dimensions of its
+    # first stored session of the day. Those rows therefore depend on arrival order, and they can
+    # differ from count(DISTINCT visitor_id) per value over session_fingerprints. A fix stores the
+    # counted session in daily_visitors and moves the count when an earlier session arrives.
     get = out.get
     key = _new_key(RollupKey, (DAILY, day, "visitors", None, None))
     out[key] = get(key, 0) + 1

@@ -173,19 +173,27 @@ async def hold_group_lock(conn: asyncpg.Connection, visitor: str, *, exclusive: 
                         EVENT_POOL_SITE.domain, group)
 
 
-async def test_batch_over_visitor_lock_limit_waits_for_group(processor, db, database_url, monkeypatch):
-    monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
-    await upsert_site(db, EVENT_POOL_SITE)
+async def feed_while_group_locked(processor, database_url: str, events, visitor: str, exclusive: bool) -> bool:
+    """Feed `events` while another connection holds `visitor`'s group lock; return whether the batch waited."""
     writer = await asyncpg.connect(database_url)
     try:
         async with writer.transaction():
-            await hold_group_lock(writer, "v1", exclusive=False)  # as a batch of few visitors does
-            batch = asyncio.create_task(feed(processor, [event_pool()]))
+            await hold_group_lock(writer, visitor, exclusive=exclusive)
+            batch = asyncio.create_task(feed(processor, [events]))
             await asyncio.sleep(0.5)
             waited = not batch.done()
         await asyncio.wait_for(batch, 30)
     finally:
         await writer.close()
+    return waited
+
+
+async def test_batch_over_visitor_lock_limit_waits_for_group(processor, db, database_url, monkeypatch):
+    monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
+    await upsert_site(db, EVENT_POOL_SITE)
+
+    # A shared lock, as a batch of few visitors holds it.
+    waited = await feed_while_group_locked(processor, database_url, event_pool(), "v1", exclusive=False)
 
     assert waited
     assert await db.fetchval("SELECT count(*) FROM raw_events") == len(event_pool())
@@ -194,16 +202,9 @@ async def test_batch_over_visitor_lock_limit_waits_for_group(processor, db, data
 async def test_batch_waits_for_its_group_held_exclusively(processor, db, database_url):
     await upsert_site(db, EVENT_POOL_SITE)
     pool = [e for e in event_pool() if e.visitor_id == "v1"]
-    writer = await asyncpg.connect(database_url)
-    try:
-        async with writer.transaction():
-            await hold_group_lock(writer, "v1", exclusive=True)  # as a large batch of the same group does
-            batch = asyncio.create_task(feed(processor, [pool]))
-            await asyncio.sleep(0.5)
-            waited = not batch.done()
-        await asyncio.wait_for(batch, 30)
-    finally:
-        await writer.close()
+
+    # An exclusive lock, as a large batch of the same group holds it.
+    waited = await feed_while_group_locked(processor, database_url, pool, "v1", exclusive=True)
 
     assert waited
     assert await db.fetchval("SELECT count(*) FROM raw_events") == len(pool)
