@@ -30,6 +30,10 @@ class ActualIndex:
     method: str
     columns: tuple[str | None, ...] = ()
     """Key column names in order, with None for an expression."""
+    include: tuple[str, ...] = ()
+    """Columns stored without being part of the key (INCLUDE)."""
+    predicate: str | None = None
+    """The WHERE of a partial index, as PostgreSQL prints it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,11 @@ SELECT t.relname AS table_name, i.relname AS index_name, pg_get_indexdef(x.index
        x.indisunique, x.indnullsnotdistinct, x.indisvalid, x.indisprimary, am.amname,
        ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, ord)
                LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-              WHERE k.ord <= x.indnkeyatts ORDER BY k.ord) AS key_columns
+              WHERE k.ord <= x.indnkeyatts ORDER BY k.ord) AS key_columns,
+       ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+              WHERE k.ord > x.indnkeyatts ORDER BY k.ord) AS include_columns,
+       pg_get_expr(x.indpred, x.indrelid) AS predicate
   FROM pg_index x
   JOIN pg_class i ON i.oid = x.indexrelid
   JOIN pg_class t ON t.oid = x.indrelid
@@ -240,7 +248,8 @@ async def read_catalog(conn: asyncpg.Connection, table_names: list[str], index_n
             table.primary_key = tuple(row["key_columns"])
         table.indexes[row["index_name"]] = ActualIndex(
             row["index_name"], row["definition"], row["indisunique"], row["indnullsnotdistinct"],
-            row["indisvalid"], row["amname"], tuple(row["key_columns"]),
+            row["indisvalid"], row["amname"], tuple(row["key_columns"]), tuple(row["include_columns"]),
+            row["predicate"],
         )
 
     for table in tables.values():

@@ -71,5 +71,7 @@ def create_index_sql(table: Table, index: Index, concurrently: bool = False, per
     nulls = " NULLS NOT DISTINCT" if index.nulls_not_distinct else ""
     chunked = " WITH (timescaledb.transaction_per_chunk)" if per_chunk else ""
     columns = ", ".join(index.columns)
+    include = f" INCLUDE ({', '.join(index.include)})" if index.include else ""
+    where = f" WHERE {index.where}" if index.where else ""
     return (f"CREATE {unique}INDEX {concurrent}IF NOT EXISTS {index.name} ON {quote_ident(table.name)}{using} "
-            f"({columns}){nulls}{chunked}")
+            f"({columns}){include}{nulls}{chunked}{where}")

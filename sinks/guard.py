@@ -167,9 +167,16 @@ def _plan_index(plan: Plan, table: Table, index: Index, actual: ActualTable, cat
 
 
 def _differs(index: Index, present: ActualIndex) -> bool:
+    """Whether the index the database holds is not the one the code declares.
+
+    NOTE: a predicate is compared by its presence only, because PostgreSQL prints it in its own
+    form (casts and parentheses added), not as the code wrote it.
+    """
     columns = tuple(c.strip('"') for c in index.columns)
+    include = tuple(c.strip('"') for c in index.include)
     return (index.unique != present.unique or index.nulls_not_distinct != present.nulls_not_distinct
-            or index.method != present.method or (bool(present.columns) and columns != present.columns))
+            or index.method != present.method or (bool(present.columns) and columns != present.columns)
+            or include != present.include or bool(index.where) != bool(present.predicate))
 
 
 def _index_build(table: Table, index: Index, actual: ActualTable) -> tuple[str, bool]:

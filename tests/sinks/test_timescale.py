@@ -76,7 +76,8 @@ def as_created(table: Table, **layout) -> ActualTable:
         actual.columns[column.name] = ActualColumn(column.name, column.type, column.nullable, column.default)
     for index in table.indexes:
         actual.indexes[index.name] = ActualIndex(index.name, "", index.unique, index.nulls_not_distinct, True,
-                                                 index.method, tuple(c.strip('"') for c in index.columns))
+                                                 index.method, tuple(c.strip('"') for c in index.columns),
+                                                 tuple(c.strip('"') for c in index.include), index.where)
     return actual
 
 
