@@ -180,7 +180,7 @@ def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: 
 
 
 async def _overview(request, conn, scope):
-    tables = ["daily_metrics", "daily_visitors"] if scope.uses_rollups else ["raw_events", "session_fingerprints"]
+    tables = _ROLLUP_TABLES if scope.uses_rollups else ["raw_events", "session_fingerprints"]
     return await reports.overview(conn, scope), tables
 
 
@@ -188,7 +188,7 @@ async def _timeseries(request, conn, scope):
     interval = parse_interval(request.query, scope.period)
     # timeseries() reads the rollups under this condition, and freshness must list the tables read.
     if scope.uses_rollups and interval in ("day", "week", "month"):
-        tables = ["daily_metrics", "daily_visitors"]
+        tables = ["daily_metrics"]
     else:
         tables = ["raw_events", "session_fingerprints"]
     return await timeseries(conn, scope, interval), tables
@@ -198,8 +198,8 @@ async def _pages(request, conn, scope):
     kind = _choice(request, "kind", ("top", "entry", "exit"), "top")
     limit, offset = parse_limit(request), parse_offset(request)
     if kind == "top":
-        return await reports.top_pages(conn, scope, limit, offset), ["raw_events"]
-    return await reports.session_pages(conn, scope, kind, limit, offset), ["session_fingerprints"]
+        return await reports.top_pages(conn, scope, limit, offset), _tables(scope, ["raw_events"])
+    return await reports.session_pages(conn, scope, kind, limit, offset), _tables(scope, ["session_fingerprints"])
 
 
 async def _events(request, conn, scope):
@@ -208,7 +208,7 @@ async def _events(request, conn, scope):
     if breakdown is not None and not breakdown:
         raise BadRequest("empty breakdown: name a property of the events, e.g. breakdown=plan", parameter="breakdown")
     data = await reports.custom_events(conn, scope, event, breakdown, parse_limit(request), parse_offset(request))
-    return data, ["raw_events"]
+    return data, (_tables(scope, ["raw_events"]) if breakdown is None else ["raw_events"])
 
 
 def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
@@ -216,7 +216,7 @@ def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
         dimension = _choice(request, "dimension", dimensions, default)
         data = await reports.session_breakdown(conn, scope, dimension, parse_limit(request), parse_offset(request))
         answer: dict = {"dimension": dimension, "data": data}
-        tables = ["session_fingerprints"]
+        tables = _tables(scope, ["session_fingerprints"])
         if extra is not None:
             extra_answer, extra_tables = await extra(conn, scope)
             answer.update(extra_answer)
@@ -226,8 +226,15 @@ def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
 
 
 async def _government(conn, scope) -> tuple[dict, list[str]]:
-    tables = ["daily_metrics"] if reports.government_share_uses_rollups(scope) else ["session_fingerprints"]
-    return {"government_share": await reports.government_share(conn, scope)}, tables
+    return {"government_share": await reports.government_share(conn, scope)}, _tables(scope, ["session_fingerprints"])
+
+
+# What a report reads when the scope allows the rollups (see query.reports), for `freshness`.
+_ROLLUP_TABLES = ["daily_metrics", "monthly_metrics"]
+
+
+def _tables(scope, raw_tables: list[str]) -> list[str]:
+    return _ROLLUP_TABLES if scope.uses_rollups else raw_tables
 
 
 async def get_sites(request: web.Request) -> web.Response:

@@ -1,20 +1,16 @@
 """The SQL behind each report. Each function takes a connection and a Scope and returns plain data.
 
-Unfiltered reports over whole days read the rollup tables (daily_metrics, daily_visitors)
-where those give the same numbers as raw_events and session_fingerprints; tests check that
-both paths agree. The rollups hold no unique visitors per page, event or session dimension
-(source, referrer, UTM, entry and exit page), and a sum of daily counts would count a visitor
-once per day. So top pages, entry and exit pages, events and traffic always read the raw
-tables. Audience and network do too: the rollups give their visitors and sessions (for sites
-in UTC) but not their bounce rate and duration, and ranking from daily_metrics plus reading
-those two from the fingerprints measured no faster than the raw query (bench/dashboard).
-The government share reads the rollups for sites in UTC.
+Unfiltered reports over whole days of the site's time zone read the rollup tables
+(daily_metrics and monthly_metrics, through query.rollup_reports); tests check that both paths
+give the same numbers. Filtered reports, periods that are not whole days, a `tz` other than the
+site's and a custom event's property breakdown read raw_events and session_fingerprints.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
+from query import rollup_reports
 from query.dimensions import DIMENSIONS
 from query.scope import Scope
 
@@ -57,23 +53,15 @@ async def overview(conn: asyncpg.Connection, scope: Scope) -> dict:
 
 
 async def _overview_from_rollups(conn: asyncpg.Connection, scope: Scope) -> dict:
-    period = scope.period
-    rows = await conn.fetch(
-        "SELECT metric_name, sum(value) AS total FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 "
-        "AND dimension_key IS NULL GROUP BY metric_name", scope.site, period.first, period.last)
-    totals = {r["metric_name"]: int(r["total"]) for r in rows}
-    if scope.days_are_utc_days:
-        # Each visitor id lives within one UTC day, so here daily unique visitors add up exactly.
-        visitors = totals.get("visitors", 0)
-    else:
-        visitors = await conn.fetchval(
-            "SELECT count(DISTINCT visitor_id) FROM daily_visitors WHERE site = $1 AND date >= $2 AND date <= $3",
-            scope.site, period.first, period.last)
-    return _totals(totals.get("pageviews", 0), totals.get("bot_pageviews", 0), totals.get("events", 0), visitors,
-                   totals.get("sessions", 0), totals.get("bounces", 0), totals.get("session_duration_s", 0))
+    totals = await rollup_reports.totals(conn, scope)
+    return _totals(totals.get("pageviews", 0), totals.get("bot_pageviews", 0), totals.get("events", 0),
+                   totals.get("visitors", 0), totals.get("sessions", 0), totals.get("bounces", 0),
+                   totals.get("session_duration_s", 0))
 
 
 async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: int) -> list[dict]:
+    if scope.uses_rollups:
+        return await rollup_reports.top_pages(conn, scope, limit, offset)
     params = scope.params()
     params += [limit, offset]
     where = scope.events_from(params)
@@ -85,6 +73,8 @@ async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: 
 
 async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit: int, offset: int) -> list[dict]:
     """Entry or exit pages: sessions, visitors and bounce rate per page."""
+    if scope.uses_rollups:
+        return await rollup_reports.session_pages(conn, scope, kind, limit, offset)
     column = "s.entry_page" if kind == "entry" else "s.exit_page"
     params = scope.params()
     params += [limit, offset]
@@ -98,6 +88,8 @@ async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit
 
 async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | None, breakdown: str | None,
                         limit: int, offset: int) -> list[dict]:
+    if scope.uses_rollups and breakdown is None:
+        return await rollup_reports.custom_events(conn, scope, event, limit, offset)
     params = scope.params()
     where = scope.events_from(params) + " AND e.event_type <> 'pageview'"
     if event is not None:
@@ -118,6 +110,8 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
     """Visitors, sessions, bounce rate and duration per value of a session dimension."""
+    if scope.uses_rollups:
+        return await rollup_reports.session_breakdown(conn, scope, dimension, limit, offset)
     expression = DIMENSIONS[dimension].expression
     params = scope.params()
     where = scope.sessions_from(params)
@@ -131,24 +125,10 @@ async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: s
     return [dict(r) for r in rows]
 
 
-def government_share_uses_rollups(scope: Scope) -> bool:
-    """Return whether government_share reads daily_metrics: whole UTC days, so daily visitors add up.
-
-    NOTE: a visitor id that does not hash one address (an SDK's anonymous id) counts under its
-    first stored session's network that day, while the raw path counts it as government when
-    any of its sessions was (see streams.rollup.visitor_contributions).
-    """
-    return scope.uses_rollups and scope.days_are_utc_days
-
-
 async def government_share(conn: asyncpg.Connection, scope: Scope) -> float | None:
-    if government_share_uses_rollups(scope):
-        period = scope.period
-        row = await conn.fetchrow(
-            "SELECT coalesce(sum(value) FILTER (WHERE dimension_value = 'true'), 0) AS government, "
-            "coalesce(sum(value), 0) AS visitors FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 "
-            "AND metric_name = 'visitors' AND dimension_key = 'isGovernment'", scope.site, period.first, period.last)
-        return _ratio(int(row["government"]), int(row["visitors"]))
+    if scope.uses_rollups:
+        government, visitors = await rollup_reports.government_visitors(conn, scope)
+        return _ratio(government, visitors)
     params = scope.params()
     row = await conn.fetchrow(
         'SELECT count(DISTINCT s.visitor_id) FILTER (WHERE s."isGovernment") AS government, '

@@ -11,12 +11,6 @@ from dataclasses import dataclass, field
 from query.filters import Filter, condition
 from query.period import Period
 
-# IANA names whose offset is zero all year; only these make a local day a UTC day.
-UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
-                       "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/GMT0", "GMT0", "GMT+0", "GMT-0",
-                       "Etc/Greenwich", "Greenwich"})
-
-
 @dataclass(frozen=True, slots=True)
 class Scope:
     site: str
@@ -68,16 +62,3 @@ class Scope:
         """True when the rollup tables can be read: whole days in the site's zone, no filters, not switched off."""
         same_zone = self.site_timezone is None or self.site_timezone == self.period.timezone
         return self.rollups and same_zone and self.period.whole_days and not self.filters
-
-    @property
-    def days_are_utc_days(self) -> bool:
-        """True when the period's local days are UTC days, so daily unique visitors add up exactly.
-
-        A visitor id lives within one UTC day (its salt rotates at 00:00 UTC). In a zone with
-        an offset, a visitor active across local midnight is one id on two local dates, and a
-        sum of daily visitors would count it twice.
-
-        NOTE: this relies on every writer keying visitor ids by UTC day, as the collector and the
-        log importer do. Ids written another way would count once per local day they appear on.
-        """
-        return self.period.timezone in UTC_ZONES

@@ -110,28 +110,23 @@ def _row_key(row, interval: str, zone_info) -> str:
 
 
 async def _from_rollups(conn: asyncpg.Connection, scope: Scope, interval: str) -> dict[str, dict]:
+    """Sum daily rows per bucket; a bucket's visitors give back the overlaps after its first date."""
     period = scope.period
     trunc = _TRUNC[interval]
     rows = await conn.fetch(
         f"SELECT date_trunc('{trunc}', date)::date AS day, "
         "sum(value) FILTER (WHERE metric_name = 'pageviews') AS pageviews, "
         "sum(value) FILTER (WHERE metric_name = 'sessions') AS sessions, "
-        "sum(value) FILTER (WHERE metric_name = 'visitors') AS visitors "
-        "FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3 AND dimension_key IS NULL "
-        "AND metric_name IN ('pageviews', 'sessions', 'visitors') GROUP BY 1", scope.site, period.first, period.last)
+        "sum(value) FILTER (WHERE metric_name = 'visitors') AS visitors, "
+        f"sum(value) FILTER (WHERE metric_name = 'visitors_overlap' "
+        f"AND date > greatest(date_trunc('{trunc}', date)::date, $2)) AS overlap "
+        "FROM daily_metrics WHERE site = $1 AND dimension_key IS NULL AND date >= $2 AND date <= $3 "
+        "AND metric_name IN ('pageviews', 'sessions', 'visitors', 'visitors_overlap') GROUP BY 1",
+        scope.site, period.first, period.last)
     result: dict[str, dict] = {}
     for row in rows:
         result[_day_key(row["day"])] = {"pageviews": int(row["pageviews"] or 0), "sessions": int(row["sessions"] or 0),
-                                        "visitors": int(row["visitors"] or 0)}
-    if scope.days_are_utc_days:
-        # Each visitor id lives within one UTC day, so here daily unique visitors add up exactly.
-        return result
-    visitors = await conn.fetch(
-        f"SELECT date_trunc('{trunc}', date)::date AS day, count(DISTINCT visitor_id) AS visitors "
-        "FROM daily_visitors WHERE site = $1 AND date >= $2 AND date <= $3 GROUP BY 1",
-        scope.site, period.first, period.last)
-    for row in visitors:
-        result.setdefault(_day_key(row["day"]), {})["visitors"] = row["visitors"]
+                                        "visitors": int(row["visitors"] or 0) - int(row["overlap"] or 0)}
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -17,7 +18,8 @@ from sinks.fingerprints import delete_fingerprints, load_fingerprints, save_fing
 from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
-from streams.rollup import event_contributions, local_date, session_contributions, visitor_contributions
+from streams.rollup import (ALL_SESSION_DIMENSIONS, event_contributions, local_date, monthly_contributions,
+                            session_contributions, visitor_change, visitor_days)
 from streams.sites import Site
 
 
@@ -82,20 +84,23 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
         event_contributions(counts, e.type, e.action, e.timestamp_ms, item.is_bot, site.timezone)
 
     # Step 2: fingerprints of the sessions that gained events or absorbed others.
-    sessions = await _update_sessions(conn, site, new_events, part.renames, counts, result)
+    sessions, stored = await _update_sessions(conn, site, new_events, part.renames, counts, result)
 
-    # Step 3: visitors newly seen on a local day, with the dimensions of their session.
-    visits = {(local_date(i.event.timestamp_ms, site.timezone), i.event.visitor_id): i.session_id
+    # Step 3: visitors newly seen on a local day, and the change of every visitor's unique counts.
+    visits = {(local_date(i.event.timestamp_ms, site.timezone), i.event.visitor_id)
               for i in new_events if not i.is_bot}
-    fresh = await record_visitors(conn, site.domain, set(visits))
-    for day, visitor in fresh:
-        visitor_contributions(counts, sessions[visits[(day, visitor)]], day)
-    result.new_visitors = len(fresh)
+    result.new_visitors = len(await record_visitors(conn, site.domain, visits))
+    await _visitor_counts(conn, site, new_events, part.renames, sessions, stored, counts)
+
+    # Step 4: the same counts per local month.
+    counts.update(monthly_contributions(counts))
     return result, counts
 
 
 async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
-                           renames: dict[str, str], counts: Counter, result: DeriveResult) -> dict[str, dict]:
+                           renames: dict[str, str], counts: Counter,
+                           result: DeriveResult) -> tuple[dict[str, dict], dict[str, asyncpg.Record]]:
+    """Merge, describe and save the changed sessions; return their new rows and their stored rows."""
     by_session: dict[str, list[NewEvent]] = defaultdict(list)
     for item in new_events:
         by_session[item.session_id].append(item)
@@ -127,7 +132,78 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
     await save_fingerprints(conn, list(rows.values()))
     result.sessions_written = len(rows)
     result.sessions_merged = len(renames)
-    return rows
+    return rows, stored
+
+
+_VISITOR_EVENTS = """
+SELECT visitor_id, event_type, event_action, "timestamp" FROM raw_events
+ WHERE site = $1 AND visitor_id = ANY($2::text[]) AND "timestamp" >= $3 AND "timestamp" < $4 AND NOT is_bot
+"""
+
+_VISITOR_SESSIONS = f"""
+SELECT session_id, visitor_id, started_at, is_bot, {", ".join(f'"{d}"' for d in ALL_SESSION_DIMENSIONS)}
+  FROM session_fingerprints
+ WHERE site = $1 AND visitor_id = ANY($2::text[]) AND started_at >= $3 AND started_at < $4
+"""
+
+# A visitor's counts on a local date depend on that date and the one before; local dates lie
+# within 14 hours of UTC dates, so two days on each side hold every row they can read.
+_WINDOW = timedelta(days=2)
+
+
+async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
+                          renames: dict[str, str], sessions: dict[str, dict], stored: dict[str, asyncpg.Record],
+                          counts: Counter) -> None:
+    """Add the change of the unique-visitor rows of every visitor this batch touched.
+
+    Reads the visitors' human events and sessions near the batch (raw_events already holds the
+    batch's events, session_fingerprints its sessions), and takes the batch's part out again
+    to get the state before it. Runs under the visitors' session locks, so a concurrent batch
+    of the same visitor waits and then reads this one's rows.
+    """
+    visitors = sorted({item.event.visitor_id for item in new_events})
+    moments = [item.event.timestamp_ms for item in new_events]
+    moments += [int(row["started_at"].timestamp() * 1000) for row in (*sessions.values(), *stored.values())]
+    low = _at(min(moments)) - _WINDOW
+    high = _at(max(moments)) + _WINDOW
+
+    events_after: dict[str, Counter] = defaultdict(Counter)
+    for row in await conn.fetch(_VISITOR_EVENTS, site.domain, visitors, low, high):
+        events_after[row["visitor_id"]][(row["event_type"], row["event_action"], _ms(row["timestamp"]))] += 1
+    events_new: dict[str, Counter] = defaultdict(Counter)
+    for item in new_events:
+        if not item.is_bot:
+            e = item.event
+            events_new[e.visitor_id][(e.type, e.action, e.timestamp_ms)] += 1
+
+    touched = sessions.keys() | renames.keys()
+    sessions_after: dict[str, list] = defaultdict(list)
+    sessions_before: dict[str, list] = defaultdict(list)
+    for row in await conn.fetch(_VISITOR_SESSIONS, site.domain, visitors, low, high):
+        if row["session_id"] not in touched:
+            sessions_after[row["visitor_id"]].append(row)
+            sessions_before[row["visitor_id"]].append(row)
+    for row in sessions.values():
+        sessions_after[row["visitor_id"]].append(row)
+    for session_id in touched:
+        if session_id in stored:
+            row = stored[session_id]
+            sessions_before[row["visitor_id"]].append(row)
+
+    tz = site.timezone
+    for visitor in visitors:
+        after = events_after.get(visitor, Counter())
+        before = after - events_new.get(visitor, Counter())
+        visitor_change(counts, visitor_days(before, sessions_before.get(visitor, ()), tz),
+                       visitor_days(after, sessions_after.get(visitor, ()), tz))
+
+
+def _at(unix_ms: int) -> datetime:
+    return datetime.fromtimestamp(unix_ms / 1000, timezone.utc)
+
+
+def _ms(moment: datetime) -> int:
+    return int(round(moment.timestamp() * 1000))
 
 
 def _facts(item: NewEvent) -> EventFacts:

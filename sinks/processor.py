@@ -53,7 +53,7 @@ from weir.redis import RedisClient, connect_redis
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600.0
-DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics", "daily_visitors")
+DERIVED_WRITES = ("session_fingerprints", "aggregated_metrics", "daily_metrics", "monthly_metrics", "daily_visitors")
 """Derived tables written in every batch transaction; their freshness is recorded with raw_events'."""
 GAUGE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 60.0

@@ -9,8 +9,9 @@ so they wait and then go on), it:
 2. re-runs bot detection and sessionization on them (when sessions are rebuilt);
 3. rebuilds the fingerprints of those visitors, carrying each visitor's location and network
    over from its stored fingerprints (the address itself is never stored);
-4. replaces the rollup rows of the range outright, and moves rows outside the range by the
-   difference between the old and new contributions of the events read.
+4. replaces the rollup rows of the range outright, moves rows outside the range by the
+   difference between the old and new contributions of the events read, and sums the monthly
+   rows of the months it touched again.
 
 Readers see the old range or the new one, never a mix. Running it twice changes nothing.
 """
@@ -28,12 +29,12 @@ import asyncpg
 
 from sinks.fingerprints import ROW_COLUMNS, save_fingerprints
 from sinks.freshness import record_write
-from sinks.rollups import write_rollups
+from sinks.rollups import refresh_months, write_rollups
 from sinks.sessions import SITE_LOCK_CLASS
 from sinks.visitor_networks import load_networks
 from streams.bots import BotDetector
 from streams.fingerprint import Fingerprint, VisitorNetwork, describe, fingerprint_of_event, from_row, merge
-from streams.rollup import event_contributions, local_date, session_contributions, visitor_contributions
+from streams.rollup import event_contributions, local_date, session_contributions, visitor_change, visitor_days
 from streams.sessionize import plan_sessions
 from streams.sites import Site
 
@@ -97,8 +98,6 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
         old_fingerprints = await conn.fetch(
             f"SELECT {', '.join(_quoted(c) for c in ROW_COLUMNS)} FROM session_fingerprints "
             "WHERE site = $1 AND visitor_id = ANY($2::text[]) ORDER BY session_id FOR UPDATE", site.domain, visitors)
-        old_visits = await conn.fetch("SELECT date, visitor_id FROM daily_visitors WHERE site = $1 "
-                                      "AND visitor_id = ANY($2::text[])", site.domain, visitors)
         report.events, report.sessions_before = len(rows), len(old_fingerprints)
 
         networks = await load_networks(conn, site.domain, visitors)
@@ -111,10 +110,10 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
             await _write_sessions(conn, site, rows, flags, session_ids, visitors, new_fingerprints)
             report.tables += ["raw_events", "session_fingerprints"]
         if rollups:
-            counts = _rollup_counts(site, rows, flags, old_fingerprints, new_fingerprints, old_visits, first, last)
+            counts = _rollup_counts(site, rows, flags, old_fingerprints, new_fingerprints, first, last)
             report.rollup_rows_written = await _replace_rollups(conn, site, visitors, rows, flags, new_fingerprints,
                                                                 counts, first, last, start, end)
-            report.tables += ["aggregated_metrics", "daily_metrics", "daily_visitors"]
+            report.tables += ["aggregated_metrics", "daily_metrics", "monthly_metrics", "daily_visitors"]
         newest = max((r["timestamp"] for r in rows), default=None)
         for table in report.tables:
             await record_write(conn, table, newest, 0)
@@ -181,12 +180,7 @@ async def _write_sessions(conn, site: Site, rows, flags, session_ids, visitors, 
     await save_fingerprints(conn, new_fingerprints)
 
 
-def _visitor_dimensions(fingerprints) -> dict[str, dict]:
-    return {row["visitor_id"]: dict(row) for row in fingerprints}
-
-
-def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, old_visits, first: date,
-                   last: date) -> Counter:
+def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, first: date, last: date) -> Counter:
     """New counts of the range's rows, plus old-to-new differences for rows outside the range."""
     tz = site.timezone
     counts: Counter = Counter()
@@ -207,17 +201,39 @@ def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, 
     for fingerprint in old_fingerprints:
         if not in_range(_ms(fingerprint["started_at"])):
             session_contributions(counts, dict(fingerprint), tz, -1)
-    new_in_range = Counter({k: v for k, v in counts.items()})
 
-    old_dims, new_dims = _visitor_dimensions(old_fingerprints), _visitor_dimensions(new_fingerprints)
-    for day, visitor in _visits(site, rows, flags):
-        visitor_contributions(new_in_range, new_dims.get(visitor, {}), day)
-    for visit in old_visits:
-        if not first <= visit["date"] <= last:
-            negative = Counter()
-            visitor_contributions(negative, old_dims.get(visit["visitor_id"], {}), visit["date"])
-            new_in_range.subtract(negative)
-    return new_in_range
+    for old, new in _visitor_states(site, rows, flags, old_fingerprints, new_fingerprints):
+        whole: Counter = Counter()
+        visitor_change(whole, {}, new)
+        change: Counter = Counter()
+        visitor_change(change, old, new)
+        for key, value in whole.items():
+            if first <= key.bucket <= last:
+                counts[key] += value
+        for key, value in change.items():
+            if not first <= key.bucket <= last:
+                counts[key] += value
+    return counts
+
+
+def _visitor_states(site: Site, rows, flags, old_fingerprints, new_fingerprints):
+    """Yield each visitor's visitor_days before and after the rebuild."""
+    old_events, new_events = defaultdict(list), defaultdict(list)
+    for row, flag in zip(rows, flags):
+        fact = (row["event_type"], row["event_action"], _ms(row["timestamp"]))
+        if not row["is_bot"]:
+            old_events[row["visitor_id"]].append(fact)
+        if not flag:
+            new_events[row["visitor_id"]].append(fact)
+    old_sessions, new_sessions = defaultdict(list), defaultdict(list)
+    for fingerprint in old_fingerprints:
+        old_sessions[fingerprint["visitor_id"]].append(fingerprint)
+    for fingerprint in new_fingerprints:
+        new_sessions[fingerprint["visitor_id"]].append(fingerprint)
+    tz = site.timezone
+    for visitor in sorted({row["visitor_id"] for row in rows} | old_sessions.keys() | new_sessions.keys()):
+        yield (visitor_days(old_events[visitor], old_sessions[visitor], tz),
+               visitor_days(new_events[visitor], new_sessions[visitor], tz))
 
 
 def _visits(site: Site, rows, flags) -> set[tuple[date, str]]:
@@ -239,4 +255,6 @@ async def _replace_rollups(conn, site: Site, visitors, rows, flags, new_fingerpr
                            "SELECT $1, d, v FROM unnest($2::date[], $3::text[]) AS u(d, v)",
                            site.domain, [v[0] for v in visits], [v[1] for v in visits])
     hourly, daily = await write_rollups(conn, site.domain, counts)
+    # The rows changed outside the range lie within two days of it.
+    await refresh_months(conn, site.domain, first - timedelta(days=2), last + timedelta(days=2))
     return hourly + daily

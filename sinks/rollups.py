@@ -1,4 +1,4 @@
-"""The rollup sinks: add signed counts to aggregated_metrics and daily_metrics, count new visitors.
+"""The rollup sinks: add signed counts to aggregated_metrics, daily_metrics and monthly_metrics.
 
 Counts are added (`value = value + EXCLUDED.value`) in the transaction that inserted the events
 they come from. Rows are written in key order, so concurrent batches lock them in the same
@@ -12,7 +12,7 @@ from datetime import date
 
 import asyncpg
 
-from streams.rollup import DAILY, HOURLY, RollupKey
+from streams.rollup import DAILY, HOURLY, MONTHLY, VISITORS, VISITORS_OVERLAP, RollupKey
 
 _UPSERT_HOURLY = """
 INSERT INTO aggregated_metrics AS m (site, bucket, granularity, metric_name, dimension_key, dimension_value, value)
@@ -34,6 +34,35 @@ ON CONFLICT (site, date, metric_name, dimension_key, dimension_value)
 DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
 """
 
+_UPSERT_MONTHLY = """
+INSERT INTO monthly_metrics AS m (site, month, metric_name, dimension_key, dimension_value, value)
+SELECT $1, u.month, u.metric_name, u.dimension_key, u.dimension_value, u.value
+  FROM unnest($2::date[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+       WITH ORDINALITY AS u(month, metric_name, dimension_key, dimension_value, value, position)
+ ORDER BY u.position
+ON CONFLICT (site, dimension_key, month, metric_name, dimension_value)
+DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
+"""
+
+# The monthly rows of whole months, summed again from daily_metrics as monthly_contributions
+# sums them: an overlap inside a month is taken off the month's visitors.
+_DELETE_MONTHS = "DELETE FROM monthly_metrics WHERE site = $1 AND month >= $2 AND month <= $3"
+
+_REFRESH_MONTHS = f"""
+INSERT INTO monthly_metrics (site, month, metric_name, dimension_key, dimension_value, value)
+SELECT site, month, metric, dimension_key, dimension_value, sum(signed)
+  FROM (SELECT site, date_trunc('month', date)::date AS month, dimension_key, dimension_value,
+               CASE WHEN metric_name = '{VISITORS_OVERLAP}' AND extract(day FROM date) <> 1
+                    THEN '{VISITORS}' ELSE metric_name END AS metric,
+               CASE WHEN metric_name = '{VISITORS_OVERLAP}' AND extract(day FROM date) <> 1
+                    THEN -value ELSE value END AS signed
+          FROM daily_metrics
+         WHERE site = $1 AND date >= $2 AND date < ($3::date + interval '1 month')) AS d
+ GROUP BY site, month, metric, dimension_key, dimension_value
+HAVING sum(signed) <> 0
+ ORDER BY dimension_key, month, metric, dimension_value
+"""
+
 _NEW_VISITORS = """
 INSERT INTO daily_visitors (site, date, visitor_id)
 SELECT $1, u.day, u.visitor_id FROM unnest($2::date[], $3::text[]) AS u(day, visitor_id)
@@ -48,9 +77,13 @@ def _sort_key(key: RollupKey) -> tuple:
 
 
 async def write_rollups(conn: asyncpg.Connection, site: str, counts: Counter) -> tuple[int, int]:
-    """Add `counts` to the site's rollup rows; return the (hourly, daily) rows written."""
+    """Add `counts` to the site's rollup rows; return the (hourly, daily and monthly) rows written."""
     hourly = sorted((k for k, v in counts.items() if v and k.granularity == HOURLY), key=_sort_key)
     daily = sorted((k for k, v in counts.items() if v and k.granularity == DAILY), key=_sort_key)
+    # The unique key of monthly_metrics starts with the dimension, so rows are locked in that order.
+    monthly = sorted((k for k, v in counts.items() if v and k.granularity == MONTHLY),
+                     key=lambda k: (k.dimension_key or "", k.dimension_key is None, k.bucket, k.metric,
+                                    k.dimension_value or ""))
     if hourly:
         await conn.execute(_UPSERT_HOURLY, site, HOURLY, [k.bucket for k in hourly], [k.metric for k in hourly],
                            [k.dimension_key for k in hourly], [k.dimension_value for k in hourly],
@@ -59,7 +92,17 @@ async def write_rollups(conn: asyncpg.Connection, site: str, counts: Counter) ->
         await conn.execute(_UPSERT_DAILY, site, [k.bucket for k in daily], [k.metric for k in daily],
                            [k.dimension_key for k in daily], [k.dimension_value for k in daily],
                            [counts[k] for k in daily])
-    return len(hourly), len(daily)
+    if monthly:
+        await conn.execute(_UPSERT_MONTHLY, site, [k.bucket for k in monthly], [k.metric for k in monthly],
+                           [k.dimension_key for k in monthly], [k.dimension_value for k in monthly],
+                           [counts[k] for k in monthly])
+    return len(hourly), len(daily) + len(monthly)
+
+
+async def refresh_months(conn: asyncpg.Connection, site: str, first: date, last: date) -> None:
+    """Sum the monthly rows of the months from `first` to `last` (first dates of months) from daily_metrics."""
+    await conn.execute(_DELETE_MONTHS, site, first.replace(day=1), last.replace(day=1))
+    await conn.execute(_REFRESH_MONTHS, site, first.replace(day=1), last.replace(day=1))
 
 
 async def record_visitors(conn: asyncpg.Connection, site: str, visits: set[tuple[date, str]]) -> set[tuple[date, str]]:

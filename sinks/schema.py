@@ -39,6 +39,10 @@ class Index:
     unique: bool = False
     method: str = "btree"
     nulls_not_distinct: bool = False
+    include: tuple[str, ...] = ()
+    """Columns stored in the index without being part of its key, for index-only scans."""
+    where: str | None = None
+    """The predicate of a partial index, as SQL text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,8 @@ RAW_EVENTS = Table(
         Index("idx_raw_events_site_timestamp", ("site", '"timestamp"')),
         # Sessionizing a batch reads each visitor's nearby events through this index.
         Index("idx_raw_events_site_visitor", ("site", "visitor_id", '"timestamp"')),
+        # A custom event's property breakdown reads only that event's rows.
+        Index("idx_raw_events_custom", ("site", "event_action", '"timestamp"'), where="event_type <> 'pageview'"),
     ),
     partition_column="timestamp",
     retention=True,
@@ -171,8 +177,33 @@ DAILY_METRICS = Table(
             unique=True,
             nulls_not_distinct=True,
         ),
+        # Reports read one dimension (or the totals, dimension_key IS NULL) over a range of dates.
+        # The unique key starts with the date, so without this a range scans every dimension's rows.
+        Index("idx_daily_metrics_dimension", ("site", "dimension_key", '"date"'),
+              include=("metric_name", "dimension_value", "value")),
     ),
     derived=True,
+)
+
+MONTHLY_METRICS = Table(
+    name="monthly_metrics",
+    columns=(
+        Column("site", "character varying(253)", nullable=False),
+        Column("month", "date", nullable=False),
+        *_DIMENSION_COLUMNS,
+        Column("updated_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    indexes=(
+        Index(
+            "uq_monthly_metrics_key",
+            ("site", "dimension_key", "month", "metric_name", "dimension_value"),
+            unique=True,
+            nulls_not_distinct=True,
+        ),
+    ),
+    derived=True,
+    notes=("daily_metrics summed per site-local month (`month` is its first date), so long ranges read a row per",
+           "month. `visitors` is the month's unique visitors; `visitors_overlap` those also seen the day before it."),
 )
 
 SESSION_FINGERPRINTS = Table(
@@ -237,7 +268,8 @@ DAILY_VISITORS = Table(
     ),
     primary_key=("site", "date", "visitor_id"),
     derived=True,
-    notes=("Exact unique visitors: one row per human visitor and site-local day; a range counts DISTINCT visitor_id.",),
+    notes=("One row per human visitor and site-local day. Reports count visitors from the rollups' visitors and",
+           "visitors_overlap rows; this table answers which visitors a day had."),
 )
 
 VISITOR_NETWORKS = Table(
@@ -273,7 +305,7 @@ TABLE_FRESHNESS = Table(
 )
 
 TABLES: tuple[Table, ...] = (
-    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
+    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, MONTHLY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
     TABLE_FRESHNESS,
 )
 DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)

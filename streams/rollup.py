@@ -8,6 +8,18 @@ and a daily row belongs to a local date, so a day's hours add up to the day.
 Session metrics are attributed to the bucket of the session's start. When a session changes
 (a new event, a merge), the sink subtracts the old fingerprint's contribution and adds the
 new one, so the tables always equal a rebuild from the stored events.
+
+Unique visitors work the same way, one visitor at a time: a visitor's contribution is a pure
+function of all its human events and sessions, and a batch adds the new contribution and
+subtracts the old one. A visitor id lives within one UTC day (its salt rotates at 00:00 UTC),
+which spans two local dates in most zones. So besides "visitors" per local date, the rollups
+keep "visitors_overlap": visitors of a date that were also visitors, with the same value, on
+the date before. Unique visitors of any range of dates are then exact:
+
+    sum of visitors over the range - sum of visitors_overlap over the range without its first date
+
+Monthly rows hold the same sums per local month (see monthly_contributions), so a year reads
+twelve rows per value instead of 365.
 """
 
 from __future__ import annotations
@@ -22,16 +34,22 @@ from streams.event import PAGEVIEW
 
 HOURLY = "hour"
 DAILY = "day"
+MONTHLY = "month"
+
+VISITORS = "visitors"
+VISITORS_OVERLAP = "visitors_overlap"
 
 # Session dimensions whose sessions, bounces and durations are rolled up per day.
 SESSION_DIMENSIONS = ("source", "medium", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "utm_term",
                       "utm_content", "entry_page", "exit_page")
-# Visitor dimensions: constant for a visitor id that hashes the address and user agent, so
-# visitors per value and day add up exactly for those visitors. An id from `anonymous_id` or a
-# Segment user id can carry several addresses and user agents in one day, which
-# visitor_contributions does not handle exactly.
+# Visitor dimensions: constant for a visitor id that hashes the address and user agent. An id
+# from `anonymous_id` or a Segment user id can carry several, and then counts once under each.
 VISITOR_DIMENSIONS = ("country", "region", "city", "browser", "os", "device_type", "screen_size", "asn", "org",
                       "orgType", "isGovernment", "responseTier")
+ALL_SESSION_DIMENSIONS = SESSION_DIMENSIONS + VISITOR_DIMENSIONS
+# Event dimensions with unique visitors: the page of a pageview, the name of a custom event.
+PAGE = "page"
+EVENT = "event"
 
 
 class RollupKey(NamedTuple):
@@ -106,28 +124,98 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
         out[key] = get(key, 0) + value
         key = _new_key(RollupKey, (DAILY, day, metric, None, None))
         out[key] = get(key, 0) + value
-    for dimension in SESSION_DIMENSIONS:
+    for dimension in ALL_SESSION_DIMENSIONS:
         text = _dimension_text(row.get(dimension))
         for metric, value in counts:
             key = _new_key(RollupKey, (DAILY, day, metric, dimension, text))
             out[key] = get(key, 0) + value
-    for dimension in VISITOR_DIMENSIONS:
-        key = _new_key(RollupKey, (DAILY, day, "sessions", dimension, _dimension_text(row.get(dimension))))
-        out[key] = get(key, 0) + sign
 
 
-def visitor_contributions(out: Counter, row: dict, day: date) -> None:
-    """Add one visitor newly seen on a local `day`, with its visitor dimensions."""
-    # TODO: a visitor id from anonymous_id or a Segment id counts under the dimensions of its
-    # first stored session of the day. Those rows therefore depend on arrival order, and they can
-    # differ from count(DISTINCT visitor_id) per value over session_fingerprints. A fix stores the
-    # counted session in daily_visitors and moves the count when an earlier session arrives.
+def visitor_days(events, sessions, timezone_name: str) -> dict[date, set]:
+    """Return what one visitor counts under on each local date: (dimension, value) pairs.
+
+    `events` are (event_type, action, timestamp_ms) of the visitor's human events, `sessions` its
+    fingerprint rows (bot sessions are skipped). The visitor counts once on each local date on
+    which it has an event (the pair (None, None)), once per page and custom event name it had
+    that date, and once per value of every session dimension among the sessions that started
+    that date.
+    """
+    days: dict[date, set] = {}
+    for event_type, action, timestamp_ms in events:
+        day = local_date(timestamp_ms, timezone_name)
+        values = days.get(day)
+        if values is None:
+            values = days[day] = {(None, None)}
+        values.add((PAGE if event_type == PAGEVIEW else EVENT, action[:1024]))
+    for row in sessions:
+        if row["is_bot"]:
+            continue
+        day = local_date(int(row["started_at"].timestamp() * 1000), timezone_name)
+        values = days.get(day)
+        if values is None:
+            values = days[day] = set()
+        values.update((dimension, _dimension_text(row.get(dimension))) for dimension in ALL_SESSION_DIMENSIONS)
+    return days
+
+
+def visitor_change(out: Counter, before: dict[date, set], after: dict[date, set]) -> None:
+    """Add the change of one visitor's visitors and visitors_overlap rows from `before` to `after`.
+
+    Both are visitor_days results. Only dates whose pairs changed, and the dates after them
+    (their overlap), are looked at, so a batch that adds a pageview to a known page costs little.
+
+    NOTE: a visitor id spans at most two local dates, except in a zone whose clocks jump at
+    local midnight soon after 00:00 UTC. There an id can reach three dates; it still counts
+    once, unless a value appears on the first and the third date only.
+    """
+    empty: frozenset = frozenset()
+    changed = {day for day in before.keys() | after.keys() if before.get(day, empty) != after.get(day, empty)}
     get = out.get
-    key = _new_key(RollupKey, (DAILY, day, "visitors", None, None))
-    out[key] = get(key, 0) + 1
-    for dimension in VISITOR_DIMENSIONS:
-        key = _new_key(RollupKey, (DAILY, day, "visitors", dimension, _dimension_text(row.get(dimension))))
-        out[key] = get(key, 0) + 1
+    for day in changed:
+        old, new = before.get(day, empty), after.get(day, empty)
+        for pair in new - old:
+            key = _new_key(RollupKey, (DAILY, day, VISITORS, *pair))
+            out[key] = get(key, 0) + 1
+        for pair in old - new:
+            key = _new_key(RollupKey, (DAILY, day, VISITORS, *pair))
+            out[key] = get(key, 0) - 1
+    for day in changed | {date.fromordinal(day.toordinal() + 1) for day in changed}:
+        previous = date.fromordinal(day.toordinal() - 1)
+        old = before.get(day, empty) & before.get(previous, empty)
+        new = after.get(day, empty) & after.get(previous, empty)
+        if old == new:
+            continue
+        for pair in new - old:
+            key = _new_key(RollupKey, (DAILY, day, VISITORS_OVERLAP, *pair))
+            out[key] = get(key, 0) + 1
+        for pair in old - new:
+            key = _new_key(RollupKey, (DAILY, day, VISITORS_OVERLAP, *pair))
+            out[key] = get(key, 0) - 1
+
+
+def month_of(day: date) -> date:
+    return day.replace(day=1)
+
+
+def monthly_contributions(daily: Counter) -> Counter:
+    """Return the monthly rows that `daily` rows add: the same sums per local month.
+
+    A month's "visitors" row is the month's unique visitors: its dates' visitors minus the
+    overlaps inside the month. The overlap of its first date (with the month before) stays as
+    the month's "visitors_overlap", so months join to each other and to dates the same way.
+    """
+    months: Counter = Counter()
+    get = months.get
+    for key, value in daily.items():
+        if key.granularity != DAILY or not value:
+            continue
+        metric = key.metric
+        if metric == VISITORS_OVERLAP and key.bucket.day != 1:
+            metric, value = VISITORS, -value
+        month = _new_key(RollupKey, (MONTHLY, key.bucket.replace(day=1), metric, key.dimension_key,
+                                     key.dimension_value))
+        months[month] = get(month, 0) + value
+    return months
 
 
 def _dimension_text(value) -> str:

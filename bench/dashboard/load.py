@@ -12,7 +12,7 @@ own functions:
   `sinks.rebuild._visits`;
 
 then COPYs raw_events, session_fingerprints, visitor_networks, daily_visitors and the rollup
-rows. A day is complete in one batch because a visitor id lives within one UTC day. A local
+rows, and at the end sums monthly_metrics from daily_metrics with `sinks.rollups.refresh_months`. A day is complete in one batch because a visitor id lives within one UTC day. A local
 date's rollup rows are written once no later UTC day can add to them. `run.py --verify`
 checks that the tables equal those the real processor writes from the same events.
 
@@ -41,6 +41,7 @@ from sinks.freshness import record_write
 from sinks.guard import run_guard
 from sinks.partitions import PartitionManager
 from sinks.raw_events import COLUMNS, StoredEvent, to_record
+from sinks.rollups import refresh_months
 from sinks.rebuild import _rebuild_sessions, _rollup_counts, _visits
 from sinks.schema import TABLES
 from sinks.sites import upsert_site
@@ -67,7 +68,7 @@ class LoadReport:
 
 
 LOADED_TABLES = ("raw_events", "session_fingerprints", "visitor_networks", "daily_visitors", "daily_metrics",
-                 "aggregated_metrics")
+                 "monthly_metrics", "aggregated_metrics")
 WRITER_QUEUE_DAYS = 3
 """COPY jobs waiting for the writer thread, in days of traffic; bounds the memory they take."""
 
@@ -167,7 +168,7 @@ class Loader:
                     visitor_networks[event.visitor_id] = self.enricher.enrich(event).network
             flags, session_ids, new_fingerprints = _rebuild_sessions(
                 site, rows, [], visitor_networks, self.enricher.bots, True)
-            self.counts[domain].update(_rollup_counts(site, rows, flags, [], new_fingerprints, [], date.min, date.max))
+            self.counts[domain].update(_rollup_counts(site, rows, flags, [], new_fingerprints, date.min, date.max))
 
             raw_records += [to_record(StoredEvent(e, sid, flag)) for e, sid, flag in zip(site_events, session_ids, flags)]
             fingerprints += [tuple(fp[c] for c in ROW_COLUMNS) for fp in new_fingerprints]
@@ -235,10 +236,17 @@ async def load_sites(url: str, sites: Iterable[Site], batches: Iterable[tuple[da
 
 
 async def finish_load(conn: asyncpg.Connection) -> dict[str, int]:
-    """Build the dropped indexes with the schema guard, mark the tables written, ANALYZE; return row counts."""
+    """Build the dropped indexes, sum the monthly rows, mark the tables written, VACUUM; return row counts.
+
+    VACUUM sets the visibility map that index-only scans of the rollups need; autovacuum would
+    do it on a server that runs it.
+    """
     await run_guard(conn, timescaledb="off", retention_days=None)
+    for row in await conn.fetch("SELECT site, min(date) AS first, max(date) AS last FROM daily_metrics GROUP BY site"):
+        await refresh_months(conn, row["site"], row["first"], row["last"])
     newest = await conn.fetchval('SELECT max("timestamp") FROM raw_events')
-    for table in ("raw_events", "session_fingerprints", "aggregated_metrics", "daily_metrics", "daily_visitors"):
+    for table in ("raw_events", "session_fingerprints", "aggregated_metrics", "daily_metrics", "monthly_metrics",
+                  "daily_visitors"):
         await record_write(conn, table, newest, 0)
-    await conn.execute("ANALYZE")
+    await conn.execute("VACUUM (ANALYZE)")
     return {table: await conn.fetchval(f"SELECT count(*) FROM {table}") for table in LOADED_TABLES}

@@ -96,7 +96,7 @@ async def test_overview_counts_in_site_timezone(stack, db, redis):
     assert (local_day["pageviews"], local_day["events"], local_day["sessions"]) == (1, 1, 1)
     assert local_previous["bounce_rate"] == 0.0
     assert pages["data"] == [{"path": "/a", "pageviews": 2, "visitors": 1}, {"path": "/b", "pageviews": 1, "visitors": 1}]
-    assert pages["freshness"]["tables"]["raw_events"]["stale"] is False
+    assert pages["freshness"]["tables"]["daily_metrics"]["stale"] is False
 
 
 async def test_bot_pageviews_are_kept_out_of_visitors(stack, db, redis):

@@ -32,6 +32,8 @@ DERIVED_SNAPSHOT = {
               "WHERE value <> 0 ORDER BY 1, 2, 3 NULLS FIRST, 4 NULLS FIRST",
     "daily": "SELECT date, metric_name, dimension_key, dimension_value, value FROM daily_metrics "
              "WHERE value <> 0 ORDER BY 1, 2, 3 NULLS FIRST, 4 NULLS FIRST",
+    "monthly": "SELECT month, metric_name, dimension_key, dimension_value, value FROM monthly_metrics "
+               "WHERE value <> 0 ORDER BY 1, 2, 3 NULLS FIRST, 4 NULLS FIRST",
     "visitors": "SELECT date, visitor_id FROM daily_visitors ORDER BY 1, 2",
 }
 
@@ -65,7 +67,8 @@ async def feed(proc: Processor, batches: list[list[Event]]) -> None:
 
 
 async def truncate_all(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE raw_events, session_fingerprints, aggregated_metrics, daily_metrics, daily_visitors")
+    await conn.execute("TRUNCATE raw_events, session_fingerprints, aggregated_metrics, daily_metrics, monthly_metrics, "
+                       "daily_visitors")
 
 
 EVENT_POOL_SITE = Site("k.example", "Asia/Kathmandu", ("www.k.example",))

@@ -1,0 +1,177 @@
+"""Reports answered from the rollup tables: daily_metrics for loose days, monthly_metrics for whole months.
+
+A range of local dates is split into whole months and the days around them. Counts add up
+over the pieces. Unique visitors add up too once the overlaps are taken off: each piece's
+"visitors_overlap" counts visitors also seen on the date before the piece, so every piece but
+the first gives its overlap back (streams.rollup explains the rows).
+
+Each function returns what its raw-table twin in query.reports returns, in the same order,
+with ratios rounded by PostgreSQL's numeric rounding as the raw queries round them. Tests
+compare both paths on the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import asyncpg
+
+from query.scope import Scope
+from streams.rollup import VISITORS, VISITORS_OVERLAP
+
+# The API's session dimensions and the rollup dimension each one is stored under.
+ROLLUP_KEYS = {
+    "entry_page": "entry_page",
+    "exit_page": "exit_page",
+    "source": "source",
+    "channel": "medium",
+    "referrer": "referrer_host",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "utm_term": "utm_term",
+    "utm_content": "utm_content",
+    "country": "country",
+    "region": "region",
+    "city": "city",
+    "browser": "browser",
+    "os": "os",
+    "device": "device_type",
+    "screen": "screen_size",
+    "asn": "asn",
+    "org": "org",
+    "org_type": "orgType",
+    "response_tier": "responseTier",
+    "government": "isGovernment",
+}
+
+# The value as the raw reports show it: an unknown value is stored as '' (see streams.rollup).
+_SHOWN = {
+    "source": "CASE WHEN dimension_value = '' THEN 'Direct' ELSE dimension_value END",
+    "government": "CASE WHEN dimension_value = 'true' THEN 'government' ELSE 'other' END",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pieces:
+    """Dates first..last as whole months [month_start, month_end) and the days outside them."""
+
+    first: date
+    last: date
+    month_start: date
+    month_end: date
+
+
+def split(first: date, last: date) -> Pieces:
+    month_start = first if first.day == 1 else _next_month(first)
+    month_end = (last + timedelta(days=1)).replace(day=1)
+    if month_start >= month_end:
+        # No whole month: every date is read from daily_metrics.
+        month_start = month_end = last + timedelta(days=1)
+    return Pieces(first, last, month_start, month_end)
+
+
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _pieces_sql(dimension_condition: str) -> str:
+    """Rows of one dimension over the period, from both tables; $1 site, $2..$5 the Pieces, $6 metrics.
+
+    A piece's overlap with the date before it is dropped for the first piece only.
+    """
+    return f"""
+  SELECT dimension_value, metric_name, value FROM daily_metrics
+   WHERE site = $1 AND {dimension_condition} AND date >= $2 AND date <= $3 AND (date < $4 OR date >= $5)
+     AND metric_name = ANY($6::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
+  UNION ALL
+  SELECT dimension_value, metric_name, value FROM monthly_metrics
+   WHERE site = $1 AND {dimension_condition} AND month >= $4 AND month < $5
+     AND metric_name = ANY($6::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND month = $2)"""
+
+
+def _sum(metric: str) -> str:
+    return f"coalesce(sum(value) FILTER (WHERE metric_name = '{metric}'), 0)::bigint"
+
+
+_VISITORS = f"{_sum(VISITORS)} - {_sum(VISITORS_OVERLAP)}"
+
+
+def _args(scope: Scope, metrics: tuple[str, ...]) -> list:
+    pieces = split(scope.period.first, scope.period.last)
+    return [scope.site, pieces.first, pieces.last, pieces.month_start, pieces.month_end, list(metrics)]
+
+
+async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
+    """Every total metric of the period, with `visitors` already the period's unique visitors."""
+    metrics = ("pageviews", "bot_pageviews", "events", "sessions", "bounces", "session_duration_s", VISITORS,
+               VISITORS_OVERLAP)
+    rows = await conn.fetch(
+        f"SELECT metric_name, sum(value) AS total FROM ({_pieces_sql('dimension_key IS NULL')}) AS r "
+        "GROUP BY metric_name", *_args(scope, metrics))
+    found = {row["metric_name"]: int(row["total"]) for row in rows}
+    found[VISITORS] = found.get(VISITORS, 0) - found.pop(VISITORS_OVERLAP, 0)
+    return found
+
+
+async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: int) -> list[dict]:
+    rows = await conn.fetch(
+        f"SELECT dimension_value AS path, {_sum('pageviews')} AS pageviews, {_VISITORS} AS visitors "
+        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r GROUP BY 1 HAVING {_sum('pageviews')} > 0 "
+        "ORDER BY pageviews DESC, path LIMIT $8 OFFSET $9",
+        *_args(scope, ("pageviews", VISITORS, VISITORS_OVERLAP)), "page", limit, offset)
+    return [dict(r) for r in rows]
+
+
+async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit: int, offset: int) -> list[dict]:
+    rows = await conn.fetch(
+        f"SELECT dimension_value AS path, {_sum('sessions')} AS sessions, {_VISITORS} AS visitors, "
+        f"round({_sum('bounces')}::numeric / {_sum('sessions')}, 4)::float AS bounce_rate "
+        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r WHERE dimension_value <> '' GROUP BY 1 "
+        f"HAVING {_sum('sessions')} > 0 ORDER BY sessions DESC, path LIMIT $8 OFFSET $9",
+        *_args(scope, ("sessions", "bounces", VISITORS, VISITORS_OVERLAP)), f"{kind}_page", limit, offset)
+    return [dict(r) for r in rows]
+
+
+async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | None, limit: int,
+                        offset: int) -> list[dict]:
+    """Custom events by name (the raw twin's answer without a property breakdown)."""
+    args = [*_args(scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset]
+    only = ""
+    if event is not None:
+        args.append(event)
+        only = "WHERE dimension_value = $10 "
+    rows = await conn.fetch(
+        f"SELECT dimension_value AS name, {_sum('events')} AS events, {_VISITORS} AS visitors "
+        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r {only}GROUP BY 1 HAVING {_sum('events')} > 0 "
+        "ORDER BY events DESC, 1 LIMIT $8 OFFSET $9", *args)
+    return [dict(r) for r in rows]
+
+
+async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
+                            offset: int) -> list[dict]:
+    shown = _SHOWN.get(dimension, "dimension_value")
+    rows = await conn.fetch(
+        f"SELECT value, visitors, sessions, round(bounces::numeric / sessions, 4)::float AS bounce_rate, "
+        "round(duration_s::numeric / sessions, 1)::float AS avg_session_duration_s "
+        f"FROM (SELECT {shown} AS value, {_VISITORS} AS visitors, {_sum('sessions')} AS sessions, "
+        f"{_sum('bounces')} AS bounces, {_sum('session_duration_s')} AS duration_s "
+        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r GROUP BY 1) AS v WHERE sessions > 0 "
+        "ORDER BY visitors DESC, sessions DESC, value LIMIT $8 OFFSET $9",
+        *_args(scope, ("sessions", "bounces", "session_duration_s", VISITORS, VISITORS_OVERLAP)),
+        ROLLUP_KEYS[dimension], limit, offset)
+    return [dict(r) for r in rows]
+
+
+async def government_visitors(conn: asyncpg.Connection, scope: Scope) -> tuple[int, int]:
+    """Unique visitors of government networks and of all networks.
+
+    NOTE: the total is the sum over both values, so a visitor id with sessions on both kinds of
+    network in the period (an SDK's anonymous id can have them) counts twice in it.
+    """
+    rows = await conn.fetch(
+        f"SELECT dimension_value, {_VISITORS} AS visitors FROM ({_pieces_sql('dimension_key = $7')}) AS r "
+        "GROUP BY 1", *_args(scope, (VISITORS, VISITORS_OVERLAP)), "isGovernment")
+    by_value = {row["dimension_value"]: int(row["visitors"]) for row in rows}
+    return by_value.get("true", 0), sum(by_value.values())
