@@ -1,7 +1,7 @@
-"""Reports answered from the rollup tables: daily_metrics for loose days, monthly_metrics for whole months.
+"""Reports computed from the rollup tables: daily_metrics for loose days, monthly_metrics for whole months.
 
-A range of local dates is split into whole months and the days around them. Counts add up
-over the pieces. Unique visitors add up too once the overlaps are taken off: each piece's
+A range of local dates is split into whole months, read from monthly_metrics where the month
+is closed (sinks.months), and single dates for the rest. Counts add up over the pieces. Unique visitors add up too once the overlaps are taken off: each piece's
 "visitors_overlap" counts visitors also seen on the date before the piece, so every piece but
 the first gives its overlap back (streams.rollup explains the rows).
 
@@ -18,6 +18,7 @@ from datetime import date, timedelta
 import asyncpg
 
 from query.scope import Scope
+from sinks.months import closed_among
 from streams.rollup import VISITORS, VISITORS_OVERLAP
 
 # The API's session dimensions and the rollup dimension each one is stored under.
@@ -46,8 +47,8 @@ ROLLUP_KEYS = {
     "government": "isGovernment",
 }
 
-# The value as the raw reports show it: an unknown value is stored as '' (see streams.rollup).
-_SHOWN = {
+# A value as the raw reports display it: an unknown value is stored as '' (see streams.rollup).
+_DISPLAYED = {
     "source": "CASE WHEN dimension_value = '' THEN 'Direct' ELSE dimension_value END",
     "government": "CASE WHEN dimension_value = 'true' THEN 'government' ELSE 'other' END",
 }
@@ -55,21 +56,31 @@ _SHOWN = {
 
 @dataclass(frozen=True, slots=True)
 class Pieces:
-    """Dates first..last as whole months [month_start, month_end) and the days outside them."""
+    """Dates first..last as the closed months among them and the loose dates outside those."""
 
     first: date
-    last: date
-    month_start: date
-    month_end: date
+    dates: list[date]
+    months: list[date]
 
 
-def split(first: date, last: date) -> Pieces:
-    month_start = first if first.day == 1 else _next_month(first)
-    month_end = (last + timedelta(days=1)).replace(day=1)
-    if month_start >= month_end:
-        # No whole month: every date is read from daily_metrics.
-        month_start = month_end = last + timedelta(days=1)
-    return Pieces(first, last, month_start, month_end)
+async def split(conn: asyncpg.Connection, site: str, first: date, last: date) -> Pieces:
+    """Read whole months from monthly_metrics where they are closed (sinks.months), the rest by date."""
+    candidates = []
+    month = first if first.day == 1 else _next_month(first)
+    while _next_month(month) <= last + timedelta(days=1):
+        candidates.append(month)
+        month = _next_month(month)
+    months = sorted(await closed_among(conn, site, candidates))
+    covered = set(months)
+    dates = []
+    day = first
+    while day <= last:
+        if day.replace(day=1) in covered:
+            day = _next_month(day)
+            continue
+        dates.append(day)
+        day += timedelta(days=1)
+    return Pieces(first, dates, months)
 
 
 def _next_month(day: date) -> date:
@@ -77,18 +88,18 @@ def _next_month(day: date) -> date:
 
 
 def _pieces_sql(dimension_condition: str) -> str:
-    """Rows of one dimension over the period, from both tables; $1 site, $2..$5 the Pieces, $6 metrics.
+    """Rows of one dimension over the period: $1 site, $2 first date, $3 dates, $4 closed months, $5 metrics.
 
     A piece's overlap with the date before it is dropped for the first piece only.
     """
     return f"""
   SELECT dimension_value, metric_name, value FROM daily_metrics
-   WHERE site = $1 AND {dimension_condition} AND date >= $2 AND date <= $3 AND (date < $4 OR date >= $5)
-     AND metric_name = ANY($6::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
+   WHERE site = $1 AND {dimension_condition} AND date = ANY($3::date[])
+     AND metric_name = ANY($5::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
   UNION ALL
   SELECT dimension_value, metric_name, value FROM monthly_metrics
-   WHERE site = $1 AND {dimension_condition} AND month >= $4 AND month < $5
-     AND metric_name = ANY($6::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND month = $2)"""
+   WHERE site = $1 AND {dimension_condition} AND month = ANY($4::date[])
+     AND metric_name = ANY($5::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND month = $2)"""
 
 
 def _sum(metric: str) -> str:
@@ -98,9 +109,9 @@ def _sum(metric: str) -> str:
 _VISITORS = f"{_sum(VISITORS)} - {_sum(VISITORS_OVERLAP)}"
 
 
-def _args(scope: Scope, metrics: tuple[str, ...]) -> list:
-    pieces = split(scope.period.first, scope.period.last)
-    return [scope.site, pieces.first, pieces.last, pieces.month_start, pieces.month_end, list(metrics)]
+async def _args(conn: asyncpg.Connection, scope: Scope, metrics: tuple[str, ...]) -> list:
+    pieces = await split(conn, scope.site, scope.period.first, scope.period.last)
+    return [scope.site, pieces.first, pieces.dates, pieces.months, list(metrics)]
 
 
 async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
@@ -109,7 +120,7 @@ async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
                VISITORS_OVERLAP)
     rows = await conn.fetch(
         f"SELECT metric_name, sum(value) AS total FROM ({_pieces_sql('dimension_key IS NULL')}) AS r "
-        "GROUP BY metric_name", *_args(scope, metrics))
+        "GROUP BY metric_name", *await _args(conn, scope, metrics))
     found = {row["metric_name"]: int(row["total"]) for row in rows}
     found[VISITORS] = found.get(VISITORS, 0) - found.pop(VISITORS_OVERLAP, 0)
     return found
@@ -118,9 +129,9 @@ async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
 async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: int) -> list[dict]:
     rows = await conn.fetch(
         f"SELECT dimension_value AS path, {_sum('pageviews')} AS pageviews, {_VISITORS} AS visitors "
-        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r GROUP BY 1 HAVING {_sum('pageviews')} > 0 "
-        "ORDER BY pageviews DESC, path LIMIT $8 OFFSET $9",
-        *_args(scope, ("pageviews", VISITORS, VISITORS_OVERLAP)), "page", limit, offset)
+        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r GROUP BY 1 HAVING {_sum('pageviews')} > 0 "
+        "ORDER BY pageviews DESC, path LIMIT $7 OFFSET $8",
+        *await _args(conn, scope, ("pageviews", VISITORS, VISITORS_OVERLAP)), "page", limit, offset)
     return [dict(r) for r in rows]
 
 
@@ -128,38 +139,38 @@ async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit
     rows = await conn.fetch(
         f"SELECT dimension_value AS path, {_sum('sessions')} AS sessions, {_VISITORS} AS visitors, "
         f"round({_sum('bounces')}::numeric / {_sum('sessions')}, 4)::float AS bounce_rate "
-        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r WHERE dimension_value <> '' GROUP BY 1 "
-        f"HAVING {_sum('sessions')} > 0 ORDER BY sessions DESC, path LIMIT $8 OFFSET $9",
-        *_args(scope, ("sessions", "bounces", VISITORS, VISITORS_OVERLAP)), f"{kind}_page", limit, offset)
+        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r WHERE dimension_value <> '' GROUP BY 1 "
+        f"HAVING {_sum('sessions')} > 0 ORDER BY sessions DESC, path LIMIT $7 OFFSET $8",
+        *await _args(conn, scope, ("sessions", "bounces", VISITORS, VISITORS_OVERLAP)), f"{kind}_page", limit, offset)
     return [dict(r) for r in rows]
 
 
 async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | None, limit: int,
                         offset: int) -> list[dict]:
     """Custom events by name (the raw twin's answer without a property breakdown)."""
-    args = [*_args(scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset]
+    args = [*await _args(conn, scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset]
     only = ""
     if event is not None:
         args.append(event)
-        only = "WHERE dimension_value = $10 "
+        only = "WHERE dimension_value = $9 "
     rows = await conn.fetch(
         f"SELECT dimension_value AS name, {_sum('events')} AS events, {_VISITORS} AS visitors "
-        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r {only}GROUP BY 1 HAVING {_sum('events')} > 0 "
-        "ORDER BY events DESC, 1 LIMIT $8 OFFSET $9", *args)
+        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r {only}GROUP BY 1 HAVING {_sum('events')} > 0 "
+        "ORDER BY events DESC, 1 LIMIT $7 OFFSET $8", *args)
     return [dict(r) for r in rows]
 
 
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
-    shown = _SHOWN.get(dimension, "dimension_value")
+    displayed = _DISPLAYED.get(dimension, "dimension_value")
     rows = await conn.fetch(
         f"SELECT value, visitors, sessions, round(bounces::numeric / sessions, 4)::float AS bounce_rate, "
         "round(duration_s::numeric / sessions, 1)::float AS avg_session_duration_s "
-        f"FROM (SELECT {shown} AS value, {_VISITORS} AS visitors, {_sum('sessions')} AS sessions, "
+        f"FROM (SELECT {displayed} AS value, {_VISITORS} AS visitors, {_sum('sessions')} AS sessions, "
         f"{_sum('bounces')} AS bounces, {_sum('session_duration_s')} AS duration_s "
-        f"FROM ({_pieces_sql('dimension_key = $7')}) AS r GROUP BY 1) AS v WHERE sessions > 0 "
-        "ORDER BY visitors DESC, sessions DESC, value LIMIT $8 OFFSET $9",
-        *_args(scope, ("sessions", "bounces", "session_duration_s", VISITORS, VISITORS_OVERLAP)),
+        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r GROUP BY 1) AS v WHERE sessions > 0 "
+        "ORDER BY visitors DESC, sessions DESC, value LIMIT $7 OFFSET $8",
+        *await _args(conn, scope, ("sessions", "bounces", "session_duration_s", VISITORS, VISITORS_OVERLAP)),
         ROLLUP_KEYS[dimension], limit, offset)
     return [dict(r) for r in rows]
 
@@ -171,7 +182,7 @@ async def government_visitors(conn: asyncpg.Connection, scope: Scope) -> tuple[i
     network in the period (an SDK's anonymous id can have them) counts twice in it.
     """
     rows = await conn.fetch(
-        f"SELECT dimension_value, {_VISITORS} AS visitors FROM ({_pieces_sql('dimension_key = $7')}) AS r "
-        "GROUP BY 1", *_args(scope, (VISITORS, VISITORS_OVERLAP)), "isGovernment")
+        f"SELECT dimension_value, {_VISITORS} AS visitors FROM ({_pieces_sql('dimension_key = $6')}) AS r "
+        "GROUP BY 1", *await _args(conn, scope, (VISITORS, VISITORS_OVERLAP)), "isGovernment")
     by_value = {row["dimension_value"]: int(row["visitors"]) for row in rows}
     return by_value.get("true", 0), sum(by_value.values())

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 
 from sinks.fingerprints import delete_fingerprints, load_fingerprints, save_fingerprints
+from sinks.months import closed_among
 from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
@@ -92,8 +93,10 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
     result.new_visitors = len(await record_visitors(conn, site.domain, visits))
     await _visitor_counts(conn, site, new_events, part.renames, sessions, stored, counts)
 
-    # Step 4: the same counts per local month.
-    counts.update(monthly_contributions(counts))
+    # Step 4: the same counts per local month, for the months already closed (sinks.months).
+    months = monthly_contributions(counts)
+    closed = await closed_among(conn, site.domain, (key.bucket for key in months))
+    counts.update({key: value for key, value in months.items() if key.bucket in closed})
     return result, counts
 
 

@@ -27,11 +27,12 @@ from sinks.derive import NewEvent, SiteBatch, write_derived_sites
 from sinks.errors import is_transient
 from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, record_write
 from sinks.guard import run_guard
+from sinks.months import close_finished_months
 from sinks.partitions import PartitionManager
 from sinks.raw_events import StoredEvent, write_raw_events
 from sinks.sessions import assign_sessions
 from sinks.settings import ProcessorSettings
-from sinks.sites import SiteCache, publish_sites
+from sinks.sites import SiteCache, load_sites, publish_sites
 from sinks.visitor_networks import record_networks
 from streams import metrics as stream_metrics
 from streams.backlog import read_total_backlog
@@ -255,10 +256,15 @@ class Processor:
             await asyncio.gather(maintenance, return_exceptions=True)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
-        next_retention = next_trim = 0.0
+        next_retention = next_trim = next_months = 0.0
         while not stopping.is_set():
             try:
                 await self._update_gauges()
+                if time.monotonic() >= next_months:
+                    next_months = time.monotonic() + MAINTENANCE_INTERVAL_S
+                    async with self.pool.acquire() as conn:
+                        sites = [(site.domain, site.timezone) for site in await load_sites(conn)]
+                        await close_finished_months(conn, sites)
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + TRIM_INTERVAL_S
                     for stream in self.streams:

@@ -11,7 +11,7 @@ so they wait and then go on), it:
    over from its stored fingerprints (the address itself is never stored);
 4. replaces the rollup rows of the range outright, moves rows outside the range by the
    difference between the old and new contributions of the events read, and sums the monthly
-   rows of the months it touched again.
+   rows of the closed months it touched again.
 
 Readers see the old range or the new one, never a mix. Running it twice changes nothing.
 """
@@ -29,6 +29,7 @@ import asyncpg
 
 from sinks.fingerprints import ROW_COLUMNS, save_fingerprints
 from sinks.freshness import record_write
+from sinks.months import closed_among
 from sinks.rollups import refresh_months, write_rollups
 from sinks.sessions import SITE_LOCK_CLASS
 from sinks.visitor_networks import load_networks
@@ -256,5 +257,11 @@ async def _replace_rollups(conn, site: Site, visitors, rows, flags, new_fingerpr
                            site.domain, [v[0] for v in visits], [v[1] for v in visits])
     hourly, daily = await write_rollups(conn, site.domain, counts)
     # The rows changed outside the range lie within two days of it.
-    await refresh_months(conn, site.domain, first - timedelta(days=2), last + timedelta(days=2))
+    month = (first - timedelta(days=2)).replace(day=1)
+    months = []
+    while month <= last + timedelta(days=2):
+        months.append(month)
+        month = (month + timedelta(days=32)).replace(day=1)
+    for closed in sorted(await closed_among(conn, site.domain, months)):
+        await refresh_months(conn, site.domain, closed, closed)
     return hourly + daily

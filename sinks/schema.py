@@ -203,7 +203,19 @@ MONTHLY_METRICS = Table(
     ),
     derived=True,
     notes=("daily_metrics summed per site-local month (`month` is its first date), so long ranges read a row per",
-           "month. `visitors` is the month's unique visitors; `visitors_overlap` those also seen the day before it."),
+           "month. `visitors` is the month's unique visitors; `visitors_overlap` those also seen the day before it.",
+           "Only months listed in closed_months have rows here."),
+)
+
+CLOSED_MONTHS = Table(
+    name="closed_months",
+    columns=(
+        Column("site", "character varying(253)", nullable=False),
+        Column("month", "date", nullable=False),
+        Column("closed_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    primary_key=("site", "month"),
+    notes=("Months whose monthly_metrics rows are complete; batches keep them up to date from then on.",),
 )
 
 SESSION_FINGERPRINTS = Table(
@@ -305,7 +317,7 @@ TABLE_FRESHNESS = Table(
 )
 
 TABLES: tuple[Table, ...] = (
-    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, MONTHLY_METRICS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
+    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, MONTHLY_METRICS, CLOSED_MONTHS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
     TABLE_FRESHNESS,
 )
 DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)

@@ -193,10 +193,6 @@ def visitor_change(out: Counter, before: dict[date, set], after: dict[date, set]
             out[key] = get(key, 0) - 1
 
 
-def month_of(day: date) -> date:
-    return day.replace(day=1)
-
-
 def monthly_contributions(daily: Counter) -> Counter:
     """Return the monthly rows that `daily` rows add: the same sums per local month.
 

@@ -12,7 +12,8 @@ own functions:
   `sinks.rebuild._visits`;
 
 then COPYs raw_events, session_fingerprints, visitor_networks, daily_visitors and the rollup
-rows, and at the end sums monthly_metrics from daily_metrics with `sinks.rollups.refresh_months`. A day is complete in one batch because a visitor id lives within one UTC day. A local
+rows. At the end it sums monthly_metrics from daily_metrics and marks every month closed, as the
+processor's maintenance would once each month is over (`sinks.months`). A day is complete in one batch because a visitor id lives within one UTC day. A local
 date's rollup rows are written once no later UTC day can add to them. `run.py --verify`
 checks that the tables equal those the real processor writes from the same events.
 
@@ -41,6 +42,7 @@ from sinks.freshness import record_write
 from sinks.guard import run_guard
 from sinks.partitions import PartitionManager
 from sinks.raw_events import COLUMNS, StoredEvent, to_record
+from sinks.months import mark_closed
 from sinks.rollups import refresh_months
 from sinks.rebuild import _rebuild_sessions, _rollup_counts, _visits
 from sinks.schema import TABLES
@@ -244,6 +246,8 @@ async def finish_load(conn: asyncpg.Connection) -> dict[str, int]:
     await run_guard(conn, timescaledb="off", retention_days=None)
     for row in await conn.fetch("SELECT site, min(date) AS first, max(date) AS last FROM daily_metrics GROUP BY site"):
         await refresh_months(conn, row["site"], row["first"], row["last"])
+        months = await conn.fetch("SELECT DISTINCT month FROM monthly_metrics WHERE site = $1", row["site"])
+        await mark_closed(conn, row["site"], [m["month"] for m in months])
     newest = await conn.fetchval('SELECT max("timestamp") FROM raw_events')
     for table in ("raw_events", "session_fingerprints", "aggregated_metrics", "daily_metrics", "monthly_metrics",
                   "daily_visitors"):

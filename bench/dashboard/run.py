@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -68,6 +68,7 @@ from bench.processor.events import SITE_WEIGHTS, SITES, Traffic, _pack  # noqa: 
 from bench.processor.run import (DIGEST_QUERIES, fill_streams, machine_busy_s, require_loopback,  # noqa: E402
                                  server_versions, start_processor, stop_process, wait_for_drain)
 from query import reports  # noqa: E402
+from sinks.months import close_finished_months  # noqa: E402
 from query.period import parse_period  # noqa: E402
 from query.scope import Scope  # noqa: E402
 from query.timeseries import timeseries  # noqa: E402
@@ -226,6 +227,13 @@ async def verify(admin_url: str, redis_url: str, event_count: int, seed: int) ->
         started = time.perf_counter()
         await run_processor(url, redis_url, events)
         result["processor_elapsed_s"] = round(time.perf_counter() - started, 1)
+        # The loader closes every month; the processor's maintenance closes a month once it is over.
+        conn = await asyncpg.connect(url)
+        try:
+            await close_finished_months(conn, [(site.domain, site.timezone) for site in SITES],
+                                        datetime.now(timezone.utc) + timedelta(days=62))
+        finally:
+            await conn.close()
         result["processor"] = await digests_of(url)
     finally:
         await drop_database(admin_url, loader_db)

@@ -1,9 +1,10 @@
-"""Every report gives the same answer from the rollups as from raw_events and session_fingerprints.
+"""Every report gives the same result from the rollups as from raw_events and session_fingerprints.
 
 Seven weeks of generated traffic on three sites (UTC, UTC+5:30, New York with the end of
 daylight saving time) go through the real processor in shuffled, duplicated batches. Visitors
-active across local midnight make the overlap rows matter; ranges with and without whole
-months make the monthly rows matter.
+active across local midnight make the overlap rows matter. September and October are closed
+halfway through the feed, so later batches add to closed months, and ranges with and without
+whole months read monthly rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from query.dimensions import AUDIENCE, NETWORK, TRAFFIC
 from query.period import instants, whole_days
 from query.scope import Scope
 from query.timeseries import timeseries
+from sinks.months import close_finished_months, close_month
 from sinks.rollups import refresh_months
 from sinks.sites import upsert_site
 from streams.event import Event
@@ -99,8 +101,11 @@ def _event(site: Site, visitor: str, timestamp_ms: int, action: str, agent: str,
                  referrer=referrer, user_agent=agent, ip=address, props=props or {})
 
 
-@pytest.fixture
-async def loaded(processor, db):  # noqa: F811
+CLOSED_AT = datetime(2026, 11, 15, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["open months", "closed months"])
+async def loaded(request, processor, db):  # noqa: F811
     rng = random.Random(20261205)
     events = []
     for site in SITES:
@@ -109,8 +114,15 @@ async def loaded(processor, db):  # noqa: F811
     shuffled = events + rng.sample(events, len(events) // 10)
     rng.shuffle(shuffled)
     cuts = sorted(rng.sample(range(1, len(shuffled)), 12))
-    await feed(processor, [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])])
-    return events
+    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+
+    await feed(processor, batches[:6])
+    if request.param == "closed months":
+        closed = await close_finished_months(db, [(site.domain, site.timezone) for site in SITES], CLOSED_AT)
+        assert sorted(closed) == [(site.domain, month) for site in sorted(SITES, key=lambda s: s.domain)
+                                  for month in (date(2026, 9, 1), date(2026, 10, 1))]
+    await feed(processor, batches[6:])
+    return request.param
 
 
 def scopes(site: Site, first: date, last: date) -> tuple[Scope, Scope]:
@@ -160,13 +172,17 @@ async def test_visitors_cross_local_midnight(loaded, db):
     assert overlaps["ny.example"] > 10
 
 
-async def test_monthly_rows_equal_a_sum_of_daily_rows(loaded, db):
+async def test_closed_months_stay_sums_of_days(loaded, db):
     query = ("SELECT site, month, metric_name, dimension_key, dimension_value, value FROM monthly_metrics "
              "WHERE value <> 0 ORDER BY 1, 2, 3, 4 NULLS FIRST, 5 NULLS FIRST")
     written = [tuple(row) for row in await db.fetch(query)]
+    if loaded == "open months":
+        assert written == []
+        return
 
     for site in SITES:
-        await refresh_months(db, site.domain, FIRST_DAY - timedelta(days=1), LAST_DAY + timedelta(days=1))
+        await refresh_months(db, site.domain, date(2026, 9, 1), date(2026, 10, 1))
 
     assert [tuple(row) for row in await db.fetch(query)] == written
-    assert {row[1] for row in written} == {date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)}
+    assert {row[1] for row in written} == {date(2026, 9, 1), date(2026, 10, 1)}
+    assert await close_month(db, "in.example", date(2026, 9, 1)) is False
