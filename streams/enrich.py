@@ -13,12 +13,17 @@ from streams.bots import BotDetector
 from streams.event import Event
 from streams.fingerprint import VisitorNetwork
 from streams.geo import GeoLookup
-from streams.network import NetworkLookup
+from streams.network import NetworkLookup, public_address
 
 # Distinct (address, user agent) pairs whose enrichment is kept. An entry costs about 300 bytes
 # plus the two strings (measured with tracemalloc on CPython 3.11), so with 150-character user
 # agents a full cache takes an estimated 25 MB.
 CACHE_SIZE = 50_000
+# Distinct addresses whose location and network owner are kept, as the VisitorNetwork of a human and
+# of a bot client. An address with several user agents (a household, an office, a crawler's pool) is
+# then parsed and looked up once. Entries share their objects with the lookups' row caches, so an
+# entry costs about the 200 bytes of the key, the tuple and the cache's link (an estimate).
+ADDRESS_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,7 @@ class Enricher:
         # The result depends on the address and the user agent alone, which a visitor sends with every
         # event. So a visitor's later events cost one cache lookup instead of three and two new objects.
         self._enrich_cached = functools.lru_cache(maxsize=CACHE_SIZE)(self._enrich)
+        self._networks_cached = functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)(self._networks)
 
     def enrich(self, event: Event) -> Enrichment:
         """Return what the processor derives from one event alone."""
@@ -47,8 +53,15 @@ class Enricher:
         is_bot = self.bots.is_bot(user_agent)
         if not ip:
             return Enrichment(is_bot=is_bot)
-        place = self.geo.lookup(ip)
-        owner = self.network.lookup(ip, is_bot=is_bot)
-        return Enrichment(is_bot=is_bot, network=VisitorNetwork(
+        human, bot = self._networks_cached(ip)
+        return Enrichment(is_bot=is_bot, network=bot if is_bot else human)
+
+    def _networks(self, ip: str) -> tuple[VisitorNetwork, VisitorNetwork]:
+        """Return the VisitorNetwork of a human and of a bot client at `ip`, parsing the address once."""
+        address = public_address(ip)
+        place = self.geo.lookup_address(address)
+        owners = self.network.lookup_address(address)
+        return tuple(VisitorNetwork(
             country=place.country, region=place.region, city=place.city, asn=owner.asn, org=owner.org,
-            org_type=owner.org_type, is_government=owner.is_government, response_tier=owner.response_tier))
+            org_type=owner.org_type, is_government=owner.is_government, response_tier=owner.response_tier)
+            for owner in owners)

@@ -44,6 +44,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # the 1,753 addresses of the test access log), so a full cache takes an
 # estimated 35 MB.
 CACHE_SIZE = 100_000
+# Networks (with the address range's own abuse record) whose NetworkOwner the
+# plevin source keeps, and distinct owners whose NetworkInfo is kept. Building
+# a network's dictionaries took about half of a lookup's time in a cProfile
+# run on bench/processor's traffic, and many addresses share a network.
+NETWORK_CACHE_SIZE = 50_000
+OWNER_CACHE_SIZE = 20_000
 
 ISP = "isp"
 HOSTING = "hosting"
@@ -273,6 +279,7 @@ class NetworkLookup:
         """
         self._source: NetworkSource = _MmdbNetwork(mmdb_path) if mmdb_path is not None else _PlevinNetwork()
         self._lookup_cached = functools.lru_cache(maxsize=cache_size)(self._lookup)
+        self._describe_cached = functools.lru_cache(maxsize=OWNER_CACHE_SIZE)(_describe_owner)
         logger.info("network database opened source=%s", self._source.description, extra={"source": self._source.description})
 
     @property
@@ -292,15 +299,27 @@ class NetworkLookup:
         human, bot = self._lookup_cached(ip)
         return bot if is_bot else human
 
-    def _lookup(self, ip: str) -> tuple[NetworkInfo, NetworkInfo]:
-        address = public_address(ip)
+    def lookup_address(self, address: IPAddress | None) -> tuple[NetworkInfo, NetworkInfo]:
+        """Return the NetworkInfo of a human and of a bot client at an address parsed by public_address.
+
+        None gives the empty pair. Bypasses the address cache, so a caller that parses each
+        address once and caches the result itself does not fill that cache too.
+        """
         owner = NO_OWNER if address is None else self._source.find(address)
         if owner is NO_OWNER:
             return _EMPTY_HUMAN, _EMPTY_BOT
-        org_type = classify_org(owner.asn, owner.org, owner.category)
-        is_government = org_type == GOVERNMENT
-        human = NetworkInfo(owner.asn, owner.org, org_type, is_government, response_tier(False, org_type))
-        return human, NetworkInfo(owner.asn, owner.org, org_type, is_government, BOT)
+        return self._describe_cached(owner)
+
+    def _lookup(self, ip: str) -> tuple[NetworkInfo, NetworkInfo]:
+        return self.lookup_address(public_address(ip))
+
+
+def _describe_owner(owner: NetworkOwner) -> tuple[NetworkInfo, NetworkInfo]:
+    """Return the NetworkInfo of a human and of a bot client on `owner`'s network."""
+    org_type = classify_org(owner.asn, owner.org, owner.category)
+    is_government = org_type == GOVERNMENT
+    human = NetworkInfo(owner.asn, owner.org, org_type, is_government, response_tier(False, org_type))
+    return human, NetworkInfo(owner.asn, owner.org, org_type, is_government, BOT)
 
 
 _EMPTY_HUMAN = NetworkInfo(asn=None, org=None, org_type=UNKNOWN, is_government=False, response_tier=HUMAN_UNKNOWN)
@@ -330,13 +349,28 @@ class _PlevinNetwork:
 
         self._file = File(plevin_db_network.PATH)
         self.description = f"plevin-db-network built {self._file.built}"
+        self._links = {version: (plevin_spine_column(self._file, version, "network"),
+                                 plevin_spine_column(self._file, version, "abuse")) for version in (4, 6)}
+        self._owner_cached = functools.lru_cache(maxsize=NETWORK_CACHE_SIZE)(self._owner)
 
     def find(self, address: IPAddress) -> NetworkOwner:
-        # File.row returns the stored rows without building plevin's models.
-        # With plevin 0.2.3 it took about a fifth of plevin.lookup's time per
-        # random IPv4 address once the blocks were decoded.
-        row = self._file.row(int(address), address.version == 6)
-        network = (row or {}).get("network")
+        # File.row(address) would build the address's row with its network and
+        # abuse record, as plain dictionaries. Here only the address's links to
+        # them are read, and the owner is built once per pair of links (see
+        # plevin_spine_column).
+        found = self._file.locate(int(address), address.version == 6)
+        if found is None:
+            return NO_OWNER
+        _version, row, abuse_override = found
+        network_links, abuse_links = self._links[address.version]
+        network_link = network_links[row] if network_links is not None else 0
+        # As in File.row: an abuse record of the exact address replaces its range's.
+        abuse_link = abuse_override or (abuse_links[row] if abuse_links is not None else 0)
+        return self._owner_cached(network_link, abuse_link) if network_link else NO_OWNER
+
+    def _owner(self, network_link: int, abuse_link: int) -> NetworkOwner:
+        network = self._file.rows[("network", network_link - 1)]
+        abuse = self._file.rows[("abuse", abuse_link - 1)] if abuse_link else {}
         if not network:
             return NO_OWNER
         operator = network.get("operator") or {}
@@ -345,8 +379,22 @@ class _PlevinNetwork:
         if asn is None and org is None:
             return NO_OWNER
         # The address's own type, from feeds that name the range, beats its operator's category.
-        category = ((row or {}).get("abuse") or {}).get("user_type") or operator.get("category") or None
+        category = abuse.get("user_type") or operator.get("category") or None
         return NetworkOwner(asn=asn, org=org, category=category)
+
+
+def plevin_spine_column(file: Any, version: int, table: str) -> Any:
+    """Return the column of a plevin file that links each address range to a row of `table`, or None.
+
+    A link is the row number plus one, 0 for none, and `file.rows[(table, link - 1)]` is that
+    row as dictionaries. This is how `File.row` of plevin 0.2.3 (pinned in pyproject.toml)
+    builds its result: reading the links alone lets callers build what they need once per
+    linked row instead of once per address.
+    """
+    for name, column, _read in file.families[version][1]:
+        if name == table:
+            return column
+    return None
 
 
 def open_mmdb(path: str | os.PathLike[str]) -> maxminddb.Reader:
