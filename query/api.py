@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date, timedelta
 
 import asyncpg
 import orjson
@@ -32,6 +33,7 @@ from query.period import parse_interval, parse_period
 from query.scope import Scope
 from query.settings import ApiSettings
 from query.timeseries import timeseries
+from sinks.coverage import first_complete_date
 from sinks.sites import get_site, load_sites
 from streams.live import LiveReader, now_ms
 from streams.partitions import StreamPartitions
@@ -169,7 +171,22 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
                                   **(earlier if isinstance(earlier, dict) else {"data": earlier})}
         body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S,
                                                StreamPartitions.from_settings(settings).streams())
+        if "daily_metrics" in tables:
+            earliest = previous.period.first if with_comparison else scope.period.first
+            warning = await coverage_warning(conn, site.domain, earliest)
+            if warning:
+                body["freshness"]["warnings"].append(warning)
         return body
+
+
+async def coverage_warning(conn: asyncpg.Connection, site: str, earliest: date) -> str | None:
+    """Name the dates before `site`'s complete rollups (sinks.coverage) that a report read, and the fix."""
+    first_date = await first_complete_date(conn, site)
+    if earliest >= first_date:
+        return None
+    return (f"rollups of {site} before {first_date} were written by an earlier version of Weir, so unique visitors "
+            f"per page, source and audience value are missing there; rebuild them with `weir replay events "
+            f"--site {site} --from {earliest} --to {first_date - timedelta(days=1)}`")
 
 
 def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:

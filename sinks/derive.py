@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from sinks.coverage import record_complete
 from sinks.fingerprints import delete_fingerprints, load_fingerprints, save_fingerprints
 from sinks.months import closed_among
 from sinks.rollups import record_visitors, write_rollups
@@ -66,6 +67,8 @@ async def write_derived_sites(conn: asyncpg.Connection, batches: Sequence[SiteBa
     upserted row stays locked until commit. So the rollups of all sites come last, which keeps
     other batches waiting for those rows the shortest time.
     """
+    for part in batches:
+        await record_complete(conn, part.site.domain)
     derived = [await _derive_site(conn, part) for part in batches]
     for part, (result, counts) in zip(batches, derived):
         hourly, daily = await write_rollups(conn, part.site.domain, counts)

@@ -5,7 +5,7 @@ in progress costs no second upsert per row. Once a site's month is over, the pro
 maintenance closes it: under the site's exclusive lock (batches take it shared, so none is
 half written), it sums the month's monthly rows from daily_metrics and records the month as
 closed. Batches after that add to its monthly rows as well, and reports read the month from
-there. Whether a month is closed changes how fast a report is, never what it says.
+there. Whether a month is closed changes how fast a report is, never its numbers.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ ORDER BY 1
 
 async def closed_among(conn: asyncpg.Connection, site: str, months: Iterable[date]) -> set[date]:
     """Return which of `months` (first dates) are closed for `site`."""
-    wanted = sorted(set(months))
-    if not wanted:
+    requested = sorted(set(months))
+    if not requested:
         return set()
-    return {row["month"] for row in await conn.fetch(_CLOSED, site, wanted)}
+    return {row["month"] for row in await conn.fetch(_CLOSED, site, requested)}
 
 
 async def close_month(conn: asyncpg.Connection, site: str, month: date) -> bool:

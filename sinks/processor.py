@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sinks import metrics as sink_metrics
 from sinks.archive import create_archive_runner
+from sinks.coverage import record_older_rollups
 from sinks.derive import NewEvent, SiteBatch, write_derived_sites
 from sinks.errors import is_transient
 from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, record_write
@@ -155,6 +156,10 @@ class Processor:
             plan = await run_guard(conn, timescaledb=self.settings.TIMESCALEDB,
                                    retention_days=self.settings.RETENTION_DAYS)
             self.partitioned = not plan.use_timescaledb and await _is_partitioned(conn, "raw_events")
+            for site, first_date in await record_older_rollups(conn):
+                logger.warning("rollups of site=%s before %s were written by an earlier version; run `weir replay "
+                               "events --site %s --from DAY --to DAY` to rebuild the days reports should show",
+                               site, first_date, site)
             await publish_sites(conn, SiteDirectory(self.redis))
         for stream in self.streams:
             await self._consumer(self.consumer_names[0], stream).ensure_group()

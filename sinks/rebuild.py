@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from sinks.coverage import extend_back
 from sinks.fingerprints import ROW_COLUMNS, save_fingerprints
 from sinks.freshness import record_write
 from sinks.months import closed_among
@@ -114,6 +115,7 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
             counts = _rollup_counts(site, rows, flags, old_fingerprints, new_fingerprints, first, last)
             report.rollup_rows_written = await _replace_rollups(conn, site, visitors, rows, flags, new_fingerprints,
                                                                 counts, first, last, start, end)
+            await extend_back(conn, site.domain, first, last)
             report.tables += ["aggregated_metrics", "daily_metrics", "monthly_metrics", "daily_visitors"]
         newest = max((r["timestamp"] for r in rows), default=None)
         for table in report.tables:

@@ -304,6 +304,18 @@ VISITOR_NETWORKS = Table(
            "never stored, so rebuilding sessions later takes location and network owner from here."),
 )
 
+ROLLUP_COVERAGE = Table(
+    name="rollup_coverage",
+    columns=(
+        Column("site", "character varying(253)", nullable=False),
+        Column("first_date", "date", nullable=False),
+        Column("recorded_at", "timestamp with time zone", nullable=False, default="now()"),
+    ),
+    primary_key=("site",),
+    notes=("The first local date from which a site's rollups hold every row this version writes; older dates",
+           "were written by an earlier version (sinks.coverage)."),
+)
+
 TABLE_FRESHNESS = Table(
     name="table_freshness",
     columns=(
@@ -317,8 +329,8 @@ TABLE_FRESHNESS = Table(
 )
 
 TABLES: tuple[Table, ...] = (
-    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, MONTHLY_METRICS, CLOSED_MONTHS, SESSION_FINGERPRINTS, DAILY_VISITORS, VISITOR_NETWORKS,
-    TABLE_FRESHNESS,
+    SITES, RAW_EVENTS, AGGREGATED_METRICS, DAILY_METRICS, MONTHLY_METRICS, CLOSED_MONTHS, SESSION_FINGERPRINTS,
+    DAILY_VISITORS, VISITOR_NETWORKS, ROLLUP_COVERAGE, TABLE_FRESHNESS,
 )
 DERIVED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.derived)
 TABLES_BY_NAME = {t.name: t for t in TABLES}

@@ -42,6 +42,7 @@ from sinks.freshness import record_write
 from sinks.guard import run_guard
 from sinks.partitions import PartitionManager
 from sinks.raw_events import COLUMNS, StoredEvent, to_record
+from sinks.coverage import record_complete
 from sinks.months import mark_closed
 from sinks.rollups import refresh_months
 from sinks.rebuild import _rebuild_sessions, _rollup_counts, _visits
@@ -248,6 +249,7 @@ async def finish_load(conn: asyncpg.Connection) -> dict[str, int]:
         await refresh_months(conn, row["site"], row["first"], row["last"])
         months = await conn.fetch("SELECT DISTINCT month FROM monthly_metrics WHERE site = $1", row["site"])
         await mark_closed(conn, row["site"], [m["month"] for m in months])
+        await record_complete(conn, row["site"])
     newest = await conn.fetchval('SELECT max("timestamp") FROM raw_events')
     for table in ("raw_events", "session_fingerprints", "aggregated_metrics", "daily_metrics", "monthly_metrics",
                   "daily_visitors"):

@@ -1,0 +1,64 @@
+"""Rollups written by an earlier version are flagged until a replay rebuilds their days."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from query.api import coverage_warning
+from sinks.coverage import EARLIEST, first_complete_date, record_older_rollups
+from sinks.rebuild import rebuild_range
+from sinks.sites import upsert_site
+from streams.bots import BotDetector
+from streams.sites import Site
+from tests.sinks.test_derived import feed, make_event, processor  # noqa: F401  (processor is a fixture)
+
+OLD = Site("old.example", "UTC")
+
+
+async def test_older_rollups_warn_until_replayed(processor, db):  # noqa: F811
+    today = datetime.now(timezone.utc).date()
+    day = today - timedelta(days=5)
+    await upsert_site(db, OLD)
+    await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ($1, $2, 'pageviews', 3)",
+                     OLD.domain, day)
+
+    recorded = await record_older_rollups(db)
+    again = await record_older_rollups(db)
+    warning = await coverage_warning(db, OLD.domain, day)
+
+    assert recorded == [(OLD.domain, today + timedelta(days=1))]
+    assert again == []
+    assert warning == (f"rollups of old.example before {today + timedelta(days=1)} were written by an earlier "
+                       "version of Weir, so unique visitors per page, source and audience value are missing there; "
+                       f"rebuild them with `weir replay events --site old.example --from {day} --to {today}`")
+    assert await coverage_warning(db, OLD.domain, today + timedelta(days=1)) is None
+
+    await rebuild_range(db, OLD, BotDetector(), day, today)
+
+    assert await first_complete_date(db, OLD.domain) == day
+    assert await coverage_warning(db, OLD.domain, day) is None
+    assert await coverage_warning(db, OLD.domain, day - timedelta(days=1)) is not None
+
+
+async def test_replay_short_of_coverage_leaves_it(processor, db):  # noqa: F811
+    today = datetime.now(timezone.utc).date()
+    await upsert_site(db, OLD)
+    await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ($1, $2, 'pageviews', 3)",
+                     OLD.domain, today)
+    await record_older_rollups(db)
+
+    # A gap of days between the rebuilt range and the first complete date keeps the date.
+    await rebuild_range(db, OLD, BotDetector(), today - timedelta(days=9), today - timedelta(days=3))
+
+    assert await first_complete_date(db, OLD.domain) == today + timedelta(days=1)
+
+
+async def test_site_first_written_now_is_complete(processor, db):  # noqa: F811
+    site = Site("new.example", "UTC")
+    await upsert_site(db, site)
+
+    await feed(processor, [[make_event(site.domain, "v1", 0, "/")]])
+
+    assert await first_complete_date(db, site.domain) == EARLIEST
+    assert await record_older_rollups(db) == []
+    assert await coverage_warning(db, site.domain, date(2020, 1, 1)) is None
