@@ -12,7 +12,7 @@ Ties are broken by content, never by arrival: the entry is the first pageview by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 
 from streams.event import PAGEVIEW
@@ -25,7 +25,8 @@ MAX_TEXT = 255
 
 @dataclass(frozen=True, slots=True)
 class VisitorNetwork:
-    """What the client address tells; every event of a visitor shares it (the address is in the id)."""
+    """Location and network owner of the client address. Every event of a visitor shares it (the
+    address is in the id), unless an SDK's anonymous id keys the visitor."""
 
     country: str | None = None
     region: str | None = None
@@ -107,14 +108,40 @@ def merge(a: Fingerprint, b: Fingerprint, session_id: str | None = None) -> Fing
     entry = a.entry if a.entry.key <= b.entry.key else b.entry
     exit_key, exit_page = max(((a.exit_key, a.exit_page), (b.exit_key, b.exit_page)),
                               key=lambda pair: pair[0] or ())
-    network = a.network if a.network != _NO_NETWORK else b.network
     # Calls the constructor, because dataclasses.replace is several times slower and a rebuild merges every event.
     return Fingerprint(
         session_id or a.session_id, a.site, a.visitor_id,
         min(a.started_ms, b.started_ms), max(a.ended_ms, b.ended_ms),
         a.pageviews + b.pageviews, a.events + b.events, a.is_bot or b.is_bot,
-        entry, exit_key, exit_page, a.user_agent or b.user_agent, network, a.screen_size or b.screen_size,
+        entry, exit_key, exit_page, _least(a.user_agent, b.user_agent), _least_network(a.network, b.network),
+        _least(a.screen_size, b.screen_size),
     )
+
+
+def _least(a: str | None, b: str | None) -> str | None:
+    """Return the smaller of two values, where any non-empty text is smaller than "" and "" than None.
+
+    A visitor keyed by an SDK's anonymous id can send one session from several user agents
+    (and networks and screens), so the session keeps the least of them, whatever the arrival order.
+    """
+    if a and b:
+        return min(a, b)
+    if a or b:
+        return a or b
+    return "" if "" in (a, b) else None
+
+
+def _least_network(a: VisitorNetwork, b: VisitorNetwork) -> VisitorNetwork:
+    """Return the known network of the two, or the smaller by _network_key when both are known."""
+    if a == b or b == _NO_NETWORK:
+        return a
+    if a == _NO_NETWORK:
+        return b
+    return min(a, b, key=_network_key)
+
+
+def _network_key(network: VisitorNetwork) -> tuple:
+    return tuple((value is None, value if value is not None else 0) for value in astuple(network))
 
 
 EventFacts = tuple[str, str, int, "str | None", "str | None", "str | None", bool, "VisitorNetwork | None", "str | None"]
@@ -155,10 +182,9 @@ def merge_events(fingerprint: Fingerprint | None, session_id: str, site: str, vi
         # As in merge, a later pageview replaces the exit only when its key is strictly greater.
         if is_pageview and (timestamp_ms, action) > (exit_key or ()):
             exit_key, exit_page = (timestamp_ms, action), action
-        user_agent = user_agent or agent
-        if network == _NO_NETWORK:
-            network = event_network or _NO_NETWORK
-        screen_size = screen_size or event_screen
+        user_agent = _least(user_agent, agent)
+        network = _least_network(network, event_network or _NO_NETWORK)
+        screen_size = _least(screen_size, event_screen)
     return Fingerprint(session_id, f.site, f.visitor_id, started_ms, ended_ms, pageviews, other_events, is_bot, entry,
                        exit_key, exit_page, user_agent, network, screen_size)
 

@@ -260,3 +260,23 @@ async def test_batch_ignores_other_visitor_groups(processor, db, database_url):
         await writer.close()
 
     assert await db.fetchval("SELECT count(*) FROM raw_events") == len(pool)
+
+
+async def test_session_of_two_agents_is_order_free(processor, db):
+    # A visitor keyed by an SDK's anonymous id can send one session from two browsers and networks.
+    await upsert_site(db, EVENT_POOL_SITE)
+    firefox = make_event("k.example", "anon", 0, "/")
+    firefox.user_agent, firefox.ip = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0", "8.8.8.8"
+    chrome = make_event("k.example", "anon", 5, "/b")
+    chrome.ip = "81.2.69.160"
+    query = "SELECT browser, country, org FROM session_fingerprints"
+
+    await feed(processor, [[firefox], [chrome]])
+    firefox_first = [tuple(r) for r in await db.fetch(query)]
+    daily = (await snapshot(db))["daily"]
+    await truncate_all(db)
+    await feed(processor, [[chrome], [firefox]])
+
+    assert firefox_first == [("Chrome", "GB", "Andrews & Arnold Ltd")]
+    assert [tuple(r) for r in await db.fetch(query)] == firefox_first
+    assert (await snapshot(db))["daily"] == daily

@@ -43,3 +43,16 @@ def test_merge_events_onto_stored_session(stored, events):
     start = merge_one_by_one(None, "old", stored)
 
     assert merge_events(start, "s1", "s.example", "v", events) == merge_one_by_one(start, "s1", events)
+
+
+@given(events=st.lists(event_facts, min_size=1, max_size=8), order=st.randoms(use_true_random=False))
+def test_agent_network_and_screen_ignore_order(events, order):
+    shuffled = list(events)
+    order.shuffle(shuffled)
+
+    ordered, reordered = merge_events(None, "s1", "s.example", "v", events), merge_events(None, "s1", "s.example",
+                                                                                          "v", shuffled)
+
+    assert ordered.user_agent == reordered.user_agent
+    assert ordered.network == reordered.network
+    assert ordered.screen_size == reordered.screen_size
