@@ -15,6 +15,7 @@ from typing import TextIO
 
 import asyncpg
 
+from sinks.coverage import extend_back
 from sinks.rebuild import RebuildReport, rebuild_range
 from sinks.sites import get_site
 from streams.bots import BotDetector
@@ -54,6 +55,10 @@ async def replay_events(database_url: str, domain: str, first: date, last: date,
                                          sessions="sessions" in only, rollups="rollups" in only)
             reports.append(report)
             _report_progress(progress, number, len(parts), reports, started)
+        if reports and "rollups" in only:
+            # Each chunk moves the first complete date back only when it reaches that date, and chunks
+            # run oldest first, so only the last one did. The chunks together rebuilt first..last.
+            await extend_back(conn, site.domain, first, reports[-1].last)
         return reports
     finally:
         await conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
+from ops.replay_events import replay_events
 from query.api import coverage_warning
 from sinks.coverage import EARLIEST, first_complete_date, record_older_rollups
 from sinks.rebuild import rebuild_range
@@ -62,3 +63,20 @@ async def test_site_first_written_now_is_complete(processor, db):  # noqa: F811
     assert await first_complete_date(db, site.domain) == EARLIEST
     assert await record_older_rollups(db) == []
     assert await coverage_warning(db, site.domain, date(2020, 1, 1)) is None
+
+
+async def test_chunked_replay_moves_coverage_back(processor, db, database_url):  # noqa: F811
+    today = datetime.now(timezone.utc).date()
+    day = today - timedelta(days=5)
+    await upsert_site(db, OLD)
+    await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ($1, $2, 'pageviews', 3)",
+                     OLD.domain, day)
+    await record_older_rollups(db)
+
+    # Chunks run oldest first, so only the last one reaches the first complete date.
+    reports = await replay_events(database_url, OLD.domain, day, today, only={"sessions", "rollups"}, chunk_days=2,
+                                  progress=None)
+
+    assert len(reports) == 3
+    assert await first_complete_date(db, OLD.domain) == day
+    assert await coverage_warning(db, OLD.domain, day) is None
