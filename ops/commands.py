@@ -25,6 +25,7 @@ from query.live_settings import RealtimeSettings
 from query.settings import ApiSettings
 from sinks.guard import run_guard, schema_sql
 from sinks.processor import Processor, tune_garbage_collection
+from sinks.rebuild import RangeBeforeRawEvents
 from sinks.settings import ProcessorSettings
 from streams.bots import read_bot_patterns
 from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
@@ -299,6 +300,8 @@ async def replay(args: argparse.Namespace) -> int:
                                       stopping=stopping)
     except LookupError as error:
         raise CommandError(str(error.args[0])) from None
+    except RangeBeforeRawEvents as error:
+        raise CommandError(str(error)) from None
     except (OSError, asyncpg.PostgresError) as error:
         raise CommandError(f"rebuild failed and was rolled back: {error}") from None
     events = sum(r.events for r in reports)

@@ -55,6 +55,19 @@ UPDATE raw_events r SET is_bot = u.is_bot, session_id = u.session_id
 """
 
 
+_OLDEST_RAW = 'SELECT min("timestamp") FROM raw_events WHERE site = $1'
+
+_FIRST_ROLLUP = "SELECT min(date) FROM daily_metrics WHERE site = $1 AND date >= $2 AND date < $3"
+
+
+class RangeBeforeRawEvents(ValueError):
+    """Raised when a range has rollup rows on days older than the site's oldest raw event.
+
+    Rebuilding those days would delete rollups that nothing can rebuild, such as the days that
+    retention dropped from raw_events.
+    """
+
+
 @dataclass
 class RebuildReport:
     site: str
@@ -95,6 +108,8 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
     start, end, window_start, window_end = utc_window(site, first, last)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, site.domain)
+        if rollups:
+            await _check_raw_events_reach(conn, site, first, last)
         rows = await conn.fetch(_RAW, site.domain, window_start, window_end)
         visitors = sorted({r["visitor_id"] for r in rows})
         old_fingerprints = await conn.fetch(
@@ -123,6 +138,23 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
     report.elapsed_s = clock.perf_counter() - started
     logger.info("range rebuilt %s", report.line(), extra={"site": site.domain})
     return report
+
+
+async def _check_raw_events_reach(conn: asyncpg.Connection, site: Site, first: date, last: date) -> None:
+    """Raise RangeBeforeRawEvents when first..last has rollup rows before the site's oldest raw event.
+
+    NOTE: the local date of the oldest raw event passes, although retention may have dropped the
+    part of it that lies in an earlier UTC day.
+    """
+    oldest = await conn.fetchval(_OLDEST_RAW, site.domain)
+    kept_from = local_date(_ms(oldest), site.timezone) if oldest is not None else last + timedelta(days=1)
+    if first >= kept_from:
+        return
+    orphaned = await conn.fetchval(_FIRST_ROLLUP, site.domain, first, min(kept_from, last + timedelta(days=1)))
+    if orphaned is not None:
+        raise RangeBeforeRawEvents(
+            f"rollups of {site.domain} on {orphaned} are older than its oldest raw event ({kept_from}), so a rebuild "
+            f"would delete them without replacing them; rebuild only days from {kept_from} on")
 
 
 def _quoted(column: str) -> str:
