@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -36,9 +36,13 @@ under half a step are left alone."""
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestContext:
-    """What the transport knows about the sender of a request."""
+    """What the transport knows about the sender of a request.
+
+    Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+    building one per request cost 1.7 µs instead of 0.3. Nothing changes a context once built.
+    """
 
     received_ms: int
     ip: str | None
@@ -66,13 +70,15 @@ class Rejection:
         return {"index": self.index, "reason": self.reason, "error": self.message}
 
 
-@dataclass(slots=True)
 class RequestMemo:
     """Site lookups, page paths and visitor ids already computed for earlier items of the same request."""
 
-    sites: dict[str, str] = field(default_factory=dict)
-    pages: dict[tuple, str] = field(default_factory=dict)
-    visitors: dict[tuple, str] = field(default_factory=dict)
+    __slots__ = ("sites", "pages", "visitors")
+
+    def __init__(self) -> None:
+        self.sites: dict[str, str] = {}
+        self.pages: dict[tuple, str] = {}
+        self.visitors: dict[tuple, str] = {}
 
 
 class InvalidEvent(ValueError):
@@ -181,7 +187,14 @@ class EventBuilder:
         host = _site_host(item, url)
         site = memo.sites.get(host)
         if site is None:
-            site = memo.sites[host] = await self._resolve_site(host)
+            cached = self._sites.cached_lookup(host)
+            if cached is False:
+                site = await self._resolve_site(host)
+            elif cached is None:
+                raise _unknown_site(host)
+            else:
+                site = cached.domain
+            memo.sites[host] = site
         event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
         if not _TYPE_PATTERN.match(event_type):
             raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
@@ -210,7 +223,7 @@ class EventBuilder:
         visitor_key = (day, site, ip, user_agent, anonymous_id)
         visitor = memo.visitors.get(visitor_key)
         if visitor is None:
-            salt = await self._salts.salt_for_day(day)
+            salt = self._salts.cached_salt(day) or await self._salts.salt_for_day(day)
             visitor = memo.visitors[visitor_key] = _visitor_id(salt, site, ip, user_agent, anonymous_id)
 
         return Event(
@@ -233,10 +246,7 @@ class EventBuilder:
     async def _resolve_site(self, host: str) -> str:
         site = await self._sites.lookup(host)
         if site is None:
-            name = normalize_host(host)
-            raise InvalidEvent(
-                "unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`"
-            )
+            raise _unknown_site(host)
         return site.domain
 
     @staticmethod
@@ -271,6 +281,11 @@ class EventBuilder:
             raise InvalidEvent("invalid_timestamp", f"timestamp {timestamp_ms} ms is before 2000-01-01")
         # What is still ahead of our clock is clamped, so no posted event is stored in the future.
         return min(timestamp_ms, context.received_ms)
+
+
+def _unknown_site(host: str) -> InvalidEvent:
+    name = normalize_host(host)
+    return InvalidEvent("unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`")
 
 
 def _page(path: str | None, url: str | None, hash_mode: bool) -> str:

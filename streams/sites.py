@@ -60,6 +60,12 @@ class SiteDirectory:
             await self._redis.hset(SITES_HASH, mapping=mapping)
         self._loaded_at = float("-inf")
 
+    def cached_lookup(self, host: str) -> Site | None | bool:
+        """Return what `lookup` would, or False when the cached directory is too old to answer."""
+        if time.monotonic() - self._loaded_at > CACHE_TTL_S:
+            return False
+        return self._sites.get(normalize_host(host))
+
     async def lookup(self, host: str) -> Site | None:
         """Return the site that `host` belongs to, or None when no site claims it."""
         if time.monotonic() - self._loaded_at > CACHE_TTL_S:

@@ -3,18 +3,24 @@ stream entry bytes and the Prometheus exposition of the lock-free metrics."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import re
+import time
 import uuid
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from ingest.collect import accepted_one_response
+from ingest.intake import json_response
 from ingest.metrics import LoopCounter, LoopHistogram, LoopMetricsCollector
 from ingest.writer import encode_events
 from streams.event import Event, encode_entry
 from streams.ids import new_event_id, new_event_id_text, stable_event_id, stable_event_id_text
+from streams.sites import Site, SiteDirectory
+from streams.visitor import visitor_id
 
 WHEN_MS = 1_767_323_045_123
 
@@ -131,3 +137,35 @@ def test_loop_metrics_reject_misuse():
         counter.inc()
     with pytest.raises(ValueError):
         counter.labels("/collect", "202").inc(-1)
+
+
+def test_visitor_id_matches_keyed_blake2b():
+    for salt in (b"s" * 32, bytes(range(32)), b"other salt"):
+        for site, ip, user_agent in [("example.com", "203.0.113.7", "Mozilla/5.0 ü"), ("a.example", "", ""),
+                                     ("b.example", "2001:db8::1", "curl/8.5.0")]:
+            message = f"{site}\x00{ip}\x00{user_agent}".encode()
+            expected = hashlib.blake2b(message, key=salt, digest_size=16).hexdigest()
+
+            assert visitor_id(salt, site, ip, user_agent) == expected
+
+
+def test_accepted_one_response_matches_json_response():
+    event_id = new_event_id_text(WHEN_MS)
+    fast = accepted_one_response(event_id)
+    plain = json_response({"accepted": 1, "ids": [event_id], "rejected": []}, 202)
+
+    assert fast.body == plain.body
+    assert fast.status == plain.status == 202
+    assert dict(fast.headers) == dict(plain.headers)
+
+
+def test_cached_site_lookup_waits_for_a_load():
+    directory = SiteDirectory(redis=None)
+
+    assert directory.cached_lookup("example.com") is False
+
+    directory._sites = {"example.com": Site("example.com"), "www.example.com": Site("example.com")}
+    directory._loaded_at = time.monotonic()
+
+    assert directory.cached_lookup("WWW.Example.com.") == Site("example.com")
+    assert directory.cached_lookup("unknown.example") is None
