@@ -30,7 +30,6 @@ from sinks.freshness import TableFreshness, assess, export_metrics, read_rows, r
 from sinks.guard import run_guard
 from sinks.months import close_finished_months
 from sinks.partitions import PartitionManager
-from sinks import sessions
 from sinks.raw_events import StoredEvent, write_raw_events
 from sinks.sessions import assign_sessions
 from sinks.settings import ProcessorSettings
@@ -41,13 +40,13 @@ from streams.backlog import read_total_backlog
 from streams.agent import AgentOptions, AgentRunner, AgentSpec, StreamCycleRunner
 from streams.bots import BotDetector, read_bot_patterns
 from streams.consumer import Entry, StreamConsumer
-from streams.enrich import Enricher, Enrichment
+from streams.enrich import Enricher
 from streams.geo import GeoLookup
 from streams.network import NetworkLookup
-from streams.event import Event, decode_entry
+from streams.event import decode_entry
 from streams.keys import PROCESSOR_GROUP
 from streams.live import LiveRecorder
-from streams.partitions import StreamPartitions, assign_streams, partition_of
+from streams.partitions import StreamPartitions, assign_streams
 from streams.sites import SiteDirectory
 from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
@@ -62,14 +61,6 @@ GAUGE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 60.0
 IDLE_CONSUMER_MS = 24 * 3600 * 1000
 """Consumers of earlier processes idle this long with nothing pending are removed from the group."""
-LOCK_PARTS = 4
-"""Parts that a batch locking its visitor groups commits in; a divisor of sessions.VISITOR_GROUPS.
-
-A visitor's group modulo 4 is its stream partition when STREAM_PARTITIONS is 4, so a batch read
-from one of four partitions stays one part. Each part adds a commit and rollup upserts of its own:
-in-process runs of bench/processor's batches, with CONCURRENCY=5, were fastest with 4 parts of
-2, 4 and 8 (PostgreSQL CPU per event rose about 10% per doubling).
-"""
 START_TIMEOUT_S = 60.0
 START_RETRY_S = 1.0
 GC_THRESHOLDS = (50_000, 20, 10)
@@ -120,7 +111,6 @@ class Processor:
         self.partitions = PartitionManager("raw_events")
         self.sites = SiteCache()
         self._failing_since: float | None = None
-        self._next_lock_part = 0
         self.last_failure = ""
         self.partitioned = True
         prefix = settings.CONSUMER_NAME or f"{socket.gethostname()}-{os.getpid()}"
@@ -176,13 +166,7 @@ class Processor:
         return StreamConsumer(self.redis, stream, self.group, name, self.stream_partitions.dead_letter_stream(stream))
 
     async def handle_batch(self, entries: list[Entry]) -> BatchCounts:
-        """Decode, enrich, sessionize and commit one batch, and return its counts; raise to leave it pending.
-
-        A batch with more than MAX_VISITOR_LOCKS visitors commits in parts (see `_lock_parts`).
-        The agent acknowledges the entries only after every part committed. A retry after a
-        failed part stores only what is still missing, because an event already stored is
-        skipped and changes no derived table.
-        """
+        """Decode, enrich, sessionize and commit one batch, and return its counts; raise to leave it pending."""
         # Step 1: decode; a malformed entry raises MalformedEntry and is dead-lettered alone.
         events = [event for entry in entries for event in decode_entry(entry.entry_id, entry.fields)]
         if not events:
@@ -191,47 +175,8 @@ class Processor:
         # Step 2: enrich; pure and per event.
         enrichments = [self.enricher.enrich(e) for e in events]
 
-        # Step 3: commit each part in its own transaction.
+        # Step 3: in one transaction, assign sessions, write raw events and what derives from them.
         started = time.perf_counter()
-        inserted_count = 0
-        for indexes in self._lock_parts(events):
-            part_events = [events[i] for i in indexes]
-            part_enrichments = [enrichments[i] for i in indexes]
-            inserted = await self._commit_part(part_events, part_enrichments)
-            inserted_count += len(inserted)
-            # Only the newly inserted events reach the live counters, so a replayed event never counts twice.
-            await self.live.record(part_events, [x.is_bot for x in part_enrichments], inserted)
-
-        # Step 4: count; the agent acknowledges after this returns.
-        stream_metrics.EVENTS_PROCESSED.inc(len(events))
-        logger.debug("batch committed entries=%d events=%d inserted=%d first_entry_id=%s elapsed_ms=%.1f",
-                     len(entries), len(events), inserted_count, entries[0].entry_id,
-                     (time.perf_counter() - started) * 1000)
-        return BatchCounts(len(events), inserted_count)
-
-    def _lock_parts(self, events: list[Event]) -> list[list[int]]:
-        """Split a batch's event indexes into the parts that commit one after another.
-
-        A batch of more than MAX_VISITOR_LOCKS visitors locks its visitor groups exclusively
-        (`sinks.sessions`). With one stream partition such a batch locks nearly every group, so
-        concurrent batches would run one after another. Its events are therefore split by
-        visitor group modulo LOCK_PARTS. Each batch of this process starts at the next part, so
-        the transactions of concurrent batches lock disjoint groups and overlap. Smaller batches
-        lock each visitor and stay whole.
-        """
-        visitors = {(e.site, e.visitor_id) for e in events}
-        if len(visitors) <= sessions.MAX_VISITOR_LOCKS:
-            return [list(range(len(events)))]
-        part_of = {key: partition_of(key[0], key[1], sessions.VISITOR_GROUPS) % LOCK_PARTS for key in visitors}
-        parts: list[list[int]] = [[] for _ in range(LOCK_PARTS)]
-        for index, event in enumerate(events):
-            parts[part_of[(event.site, event.visitor_id)]].append(index)
-        first = self._next_lock_part
-        self._next_lock_part = (first + 1) % LOCK_PARTS
-        return [parts[(first + step) % LOCK_PARTS] for step in range(LOCK_PARTS) if parts[(first + step) % LOCK_PARTS]]
-
-    async def _commit_part(self, events: list[Event], enrichments: list[Enrichment]) -> set:
-        """Assign sessions, write raw events and what derives from them in one transaction; return the ids inserted."""
         try:
             async with self.pool.acquire() as conn:
                 if self.partitioned:
@@ -256,9 +201,17 @@ class Processor:
             self.last_failure = f"{error.__class__.__name__}: {error}"[:500]
             raise
         self._failing_since = None
+
+        # Step 4: count; the agent acknowledges after this returns.
         sink_metrics.ROWS_WRITTEN.labels("raw_events").inc(len(inserted))
         sink_metrics.DUPLICATES_SKIPPED.labels("raw_events").inc(len(events) - len(inserted))
-        return inserted
+        stream_metrics.EVENTS_PROCESSED.inc(len(events))
+        logger.debug("batch committed entries=%d events=%d inserted=%d first_entry_id=%s elapsed_ms=%.1f",
+                     len(entries), len(events), len(inserted), entries[0].entry_id,
+                     (time.perf_counter() - started) * 1000)
+        # Only the newly inserted events reach the live counters, so a replayed event never counts twice.
+        await self.live.record(events, [x.is_bot for x in enrichments], inserted)
+        return BatchCounts(len(events), len(inserted))
 
     async def _write_derived(self, conn: asyncpg.Connection, batch: list[StoredEvent], enrichments,
                              inserted: set, renames: dict[str, dict[str, str]]) -> int:

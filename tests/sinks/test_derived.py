@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sinks import processor as processor_module
 from sinks import sessions
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
@@ -169,35 +168,6 @@ async def test_batch_over_visitor_lock_limit_gives_same_tables(processor, db, mo
     assert await snapshot(db) == expected
 
 
-async def test_batch_retried_after_failed_part_gives_same_tables(processor, db, monkeypatch):
-    await upsert_site(db, EVENT_POOL_SITE)
-    pool = event_pool()
-    await feed(processor, [pool])
-    expected = await snapshot(db)
-    await truncate_all(db)
-
-    # Over the limit the batch commits in parts; v1 falls in another part than v2 and the bot.
-    monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
-    assert len(processor._lock_parts(pool)) == 2
-    commit_part = processor._commit_part
-    calls = 0
-
-    async def fail_second_part(events, enrichments):
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise ConnectionResetError("connection lost after the first part committed")
-        return await commit_part(events, enrichments)
-
-    monkeypatch.setattr(processor, "_commit_part", fail_second_part)
-    with pytest.raises(ConnectionResetError):
-        await feed(processor, [pool])
-    assert 0 < await db.fetchval("SELECT count(*) FROM raw_events") < len(pool)
-    await feed(processor, [pool])
-
-    assert await snapshot(db) == expected
-
-
 async def hold_group_lock(conn: asyncpg.Connection, visitor: str, *, exclusive: bool) -> None:
     """Take, in `conn`'s transaction, the lock of the visitor group of `visitor` on the event pool's site."""
     group = partition_of(EVENT_POOL_SITE.domain, visitor, sessions.VISITOR_GROUPS)
@@ -223,8 +193,6 @@ async def feed_while_group_locked(processor, database_url: str, events, visitor:
 
 async def test_batch_over_visitor_lock_limit_waits_for_group(processor, db, database_url, monkeypatch):
     monkeypatch.setattr(sessions, "MAX_VISITOR_LOCKS", 1)
-    # One part, so the transaction holding v1 has more visitors than the limit and locks groups.
-    monkeypatch.setattr(processor_module, "LOCK_PARTS", 1)
     await upsert_site(db, EVENT_POOL_SITE)
 
     # A shared lock, as a batch of few visitors holds it.
