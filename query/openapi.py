@@ -16,8 +16,10 @@ def _param(name: str, description: str, schema: dict, required: bool = False) ->
 _COMMON = [
     _param("site", "The site's domain, as added with `weir site add`.", {"type": "string", "minLength": 1}, True),
     _param("period", "Reporting period in the site's time zone; custom needs from and to.", {"type": "string", "enum": list(PERIODS)}),
-    _param("from", "First day of a custom period (YYYY-MM-DD).", {"type": "string", "format": "date"}),
-    _param("to", "Last day of a custom period (YYYY-MM-DD).", {"type": "string", "format": "date"}),
+    _param("from", "First day of a custom period (YYYY-MM-DD, 1900-01-01 to 9998-12-31).",
+           {"type": "string", "format": "date"}),
+    _param("to", "Last day of a custom period (YYYY-MM-DD, 1900-01-01 to 9998-12-31).",
+           {"type": "string", "format": "date"}),
     _param("tz", "IANA time zone that overrides the site's.", {"type": "string"}),
     _param("compare", "Add the previous period of the same length.", {"type": "string", "enum": ["previous", "none"]}),
     {**_param("filter", "dimension:op:value with op eq, not, contains or in (values separated by |); repeatable.",

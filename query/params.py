@@ -26,13 +26,22 @@ def check_known(request: web.Request, allowed: set[str]) -> None:
             raise BadRequest(f"unknown parameter {name!r}; this endpoint takes {', '.join(sorted(allowed))}", parameter=name)
 
 
+# Bounds that keep a period, its comparison period and their instants in any time zone within
+# the range of Python's datetime (years 1 to 9999).
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
 def parse_day(value: str | None, name: str) -> date:
     if not value:
         raise BadRequest(f"missing parameter {name!r}: give a date as YYYY-MM-DD", parameter=name)
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise BadRequest(f"invalid {name}={value!r}: give a date as YYYY-MM-DD", parameter=name) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise BadRequest(f"invalid {name}={value!r}: give a date from {FIRST_DAY} to {LAST_DAY}", parameter=name)
+    return day
 
 
 def parse_limit(request: web.Request, default: int = 10, maximum: int = 1000) -> int:

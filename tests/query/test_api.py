@@ -62,8 +62,11 @@ async def test_wrong_key_is_401(stack):
         ({"site": "a.example", "from": "2026-13-01", "to": "2026-01-02"}, 400, "from"),
         ({"site": "a.example", "from": "2026-01-05", "to": "2026-01-02"}, 400, "to"),
         ({"site": "nosuch.example", "from": "2026-01-01", "to": "2026-01-02"}, 404, "site"),
+        ({"site": "a.example", "from": "9999-12-31", "to": "9999-12-31"}, 400, "from"),
+        ({"site": "a.example", "from": "0001-01-01", "to": "0001-01-02", "compare": "previous"}, 400, "from"),
     ],
-    ids=["unknown-parameter", "missing-site", "invalid-date", "reversed-range", "unknown-site"],
+    ids=["unknown-parameter", "missing-site", "invalid-date", "reversed-range", "unknown-site", "last-date",
+         "first-date"],
 )
 async def test_bad_parameters_name_the_parameter(stack, db, redis, params, status, parameter):
     await add_site(stack, db, redis, Site("a.example", "UTC"))
