@@ -54,6 +54,13 @@ _DISPLAYED = {
 }
 
 
+# The stored values behind each displayed one, the inverse of _DISPLAYED.
+_STORED = {
+    "source": {"Direct": ["", "Direct"]},
+    "government": {"government": ["true"], "other": ["false"]},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Pieces:
     """Dates first..last as the closed months among them and the loose dates outside those."""
@@ -87,19 +94,21 @@ def _next_month(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
-def _pieces_sql(dimension_condition: str) -> str:
+def _pieces_sql(dimension_condition: str, values: str | None = None) -> str:
     """Rows of one dimension over the period: $1 site, $2 first date, $3 dates, $4 closed months, $5 metrics.
 
-    A piece's overlap with the date before it is dropped for the first piece only.
+    `values` names a parameter of stored values to read only those. A piece's overlap with the
+    date before it is dropped for the first piece only.
     """
+    only = f" AND dimension_value = ANY({values}::text[])" if values else ""
     return f"""
   SELECT dimension_value, metric_name, value FROM daily_metrics
-   WHERE site = $1 AND {dimension_condition} AND date = ANY($3::date[])
-     AND metric_name = ANY($5::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
+   WHERE site = $1 AND {dimension_condition} AND metric_name = ANY($5::text[]) AND date = ANY($3::date[]){only}
+     AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
   UNION ALL
   SELECT dimension_value, metric_name, value FROM monthly_metrics
-   WHERE site = $1 AND {dimension_condition} AND month = ANY($4::date[])
-     AND metric_name = ANY($5::text[]) AND NOT (metric_name = '{VISITORS_OVERLAP}' AND month = $2)"""
+   WHERE site = $1 AND {dimension_condition} AND metric_name = ANY($5::text[]) AND month = ANY($4::date[]){only}
+     AND NOT (metric_name = '{VISITORS_OVERLAP}' AND month = $2)"""
 
 
 def _sum(metric: str) -> str:
@@ -126,52 +135,79 @@ async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
     return found
 
 
+async def _leading_values(conn: asyncpg.Connection, scope: Scope, key: str, rank: str, rank_metrics: tuple[str, ...],
+                          count: int, displayed: str = "dimension_value", exclude_empty: bool = False) -> list[str]:
+    """Return the stored values of `key` that can reach the first `count` rows of a report ranked by `rank`.
+
+    A high-cardinality dimension (cities, networks, pages) has hundreds of thousands of rows a
+    year. Reading only the ranking metric first, then every metric of the leading values, reads
+    a fraction of them. Values tied with the `count`-th stay in, so the final order is exact.
+    """
+    empty = "AND dimension_value <> '' " if exclude_empty else ""
+    rows = await conn.fetch(
+        f"WITH ranked AS (SELECT {displayed} AS value, {rank} AS rank FROM ({_pieces_sql('dimension_key = $6')}) AS r "
+        f"WHERE true {empty}GROUP BY 1) "
+        "SELECT value FROM ranked WHERE rank >= coalesce((SELECT rank FROM ranked ORDER BY rank DESC "
+        "LIMIT 1 OFFSET $7 - 1), rank)",
+        *await _args(conn, scope, rank_metrics), key, max(count, 1))
+    return [row["value"] for row in rows]
+
+
 async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: int) -> list[dict]:
+    values = await _leading_values(conn, scope, "page", _sum("pageviews"), ("pageviews",), limit + offset)
     rows = await conn.fetch(
         f"SELECT dimension_value AS path, {_sum('pageviews')} AS pageviews, {_VISITORS} AS visitors "
-        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r GROUP BY 1 HAVING {_sum('pageviews')} > 0 "
+        f"FROM ({_pieces_sql('dimension_key = $6', '$9')}) AS r GROUP BY 1 HAVING {_sum('pageviews')} > 0 "
         "ORDER BY pageviews DESC, path LIMIT $7 OFFSET $8",
-        *await _args(conn, scope, ("pageviews", VISITORS, VISITORS_OVERLAP)), "page", limit, offset)
+        *await _args(conn, scope, ("pageviews", VISITORS, VISITORS_OVERLAP)), "page", limit, offset, values)
     return [dict(r) for r in rows]
 
 
 async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit: int, offset: int) -> list[dict]:
+    key = f"{kind}_page"
+    values = await _leading_values(conn, scope, key, _sum("sessions"), ("sessions",), limit + offset,
+                                   exclude_empty=True)
     rows = await conn.fetch(
         f"SELECT dimension_value AS path, {_sum('sessions')} AS sessions, {_VISITORS} AS visitors, "
         f"round({_sum('bounces')}::numeric / {_sum('sessions')}, 4)::float AS bounce_rate "
-        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r WHERE dimension_value <> '' GROUP BY 1 "
+        f"FROM ({_pieces_sql('dimension_key = $6', '$9')}) AS r WHERE dimension_value <> '' GROUP BY 1 "
         f"HAVING {_sum('sessions')} > 0 ORDER BY sessions DESC, path LIMIT $7 OFFSET $8",
-        *await _args(conn, scope, ("sessions", "bounces", VISITORS, VISITORS_OVERLAP)), f"{kind}_page", limit, offset)
+        *await _args(conn, scope, ("sessions", "bounces", VISITORS, VISITORS_OVERLAP)), key, limit, offset, values)
     return [dict(r) for r in rows]
 
 
 async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | None, limit: int,
                         offset: int) -> list[dict]:
     """Custom events by name (the raw twin's answer without a property breakdown)."""
-    args = [*await _args(conn, scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset]
-    only = ""
-    if event is not None:
-        args.append(event)
-        only = "WHERE dimension_value = $9 "
+    if event is None:
+        values = await _leading_values(conn, scope, "event", _sum("events"), ("events",), limit + offset)
+    else:
+        values = [event]
     rows = await conn.fetch(
         f"SELECT dimension_value AS name, {_sum('events')} AS events, {_VISITORS} AS visitors "
-        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r {only}GROUP BY 1 HAVING {_sum('events')} > 0 "
-        "ORDER BY events DESC, 1 LIMIT $7 OFFSET $8", *args)
+        f"FROM ({_pieces_sql('dimension_key = $6', '$9')}) AS r GROUP BY 1 HAVING {_sum('events')} > 0 "
+        "ORDER BY events DESC, 1 LIMIT $7 OFFSET $8",
+        *await _args(conn, scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset, values)
     return [dict(r) for r in rows]
 
 
 async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: str, limit: int,
                             offset: int) -> list[dict]:
+    key = ROLLUP_KEYS[dimension]
     displayed = _DISPLAYED.get(dimension, "dimension_value")
+    values = await _leading_values(conn, scope, key, _VISITORS, (VISITORS, VISITORS_OVERLAP), limit + offset,
+                                   displayed)
+    if displayed != "dimension_value":
+        values = [stored for value in values for stored in _STORED[dimension].get(value, [value])]
     rows = await conn.fetch(
         f"SELECT value, visitors, sessions, round(bounces::numeric / sessions, 4)::float AS bounce_rate, "
         "round(duration_s::numeric / sessions, 1)::float AS avg_session_duration_s "
         f"FROM (SELECT {displayed} AS value, {_VISITORS} AS visitors, {_sum('sessions')} AS sessions, "
         f"{_sum('bounces')} AS bounces, {_sum('session_duration_s')} AS duration_s "
-        f"FROM ({_pieces_sql('dimension_key = $6')}) AS r GROUP BY 1) AS v WHERE sessions > 0 "
+        f"FROM ({_pieces_sql('dimension_key = $6', '$9')}) AS r GROUP BY 1) AS v WHERE sessions > 0 "
         "ORDER BY visitors DESC, sessions DESC, value LIMIT $7 OFFSET $8",
         *await _args(conn, scope, ("sessions", "bounces", "session_duration_s", VISITORS, VISITORS_OVERLAP)),
-        ROLLUP_KEYS[dimension], limit, offset)
+        key, limit, offset, values)
     return [dict(r) for r in rows]
 
 

@@ -40,7 +40,7 @@ SELECT $1, u.month, u.metric_name, u.dimension_key, u.dimension_value, u.value
   FROM unnest($2::date[], $3::text[], $4::text[], $5::text[], $6::bigint[])
        WITH ORDINALITY AS u(month, metric_name, dimension_key, dimension_value, value, position)
  ORDER BY u.position
-ON CONFLICT (site, dimension_key, month, metric_name, dimension_value)
+ON CONFLICT (site, dimension_key, metric_name, month, dimension_value)
 DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
 """
 
@@ -60,7 +60,7 @@ SELECT site, month, metric, dimension_key, dimension_value, sum(signed)
          WHERE site = $1 AND date >= $2 AND date < ($3::date + interval '1 month')) AS d
  GROUP BY site, month, metric, dimension_key, dimension_value
 HAVING sum(signed) <> 0
- ORDER BY dimension_key, month, metric, dimension_value
+ ORDER BY dimension_key, metric, month, dimension_value
 """
 
 _NEW_VISITORS = """
@@ -82,7 +82,7 @@ async def write_rollups(conn: asyncpg.Connection, site: str, counts: Counter) ->
     daily = sorted((k for k, v in counts.items() if v and k.granularity == DAILY), key=_sort_key)
     # The unique key of monthly_metrics starts with the dimension, so rows are locked in that order.
     monthly = sorted((k for k, v in counts.items() if v and k.granularity == MONTHLY),
-                     key=lambda k: (k.dimension_key or "", k.dimension_key is None, k.bucket, k.metric,
+                     key=lambda k: (k.dimension_key or "", k.dimension_key is None, k.metric, k.bucket,
                                     k.dimension_value or ""))
     if hourly:
         await conn.execute(_UPSERT_HOURLY, site, HOURLY, [k.bucket for k in hourly], [k.metric for k in hourly],

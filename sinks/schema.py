@@ -179,8 +179,8 @@ DAILY_METRICS = Table(
         ),
         # Reports read one dimension (or the totals, dimension_key IS NULL) over a range of dates.
         # The unique key starts with the date, so without this a range scans every dimension's rows.
-        Index("idx_daily_metrics_dimension", ("site", "dimension_key", '"date"'),
-              include=("metric_name", "dimension_value", "value")),
+        Index("idx_daily_metrics_dimension", ("site", "dimension_key", "metric_name", '"date"'),
+              include=("dimension_value", "value")),
     ),
     derived=True,
 )
@@ -196,7 +196,7 @@ MONTHLY_METRICS = Table(
     indexes=(
         Index(
             "uq_monthly_metrics_key",
-            ("site", "dimension_key", "month", "metric_name", "dimension_value"),
+            ("site", "dimension_key", "metric_name", "month", "dimension_value"),
             unique=True,
             nulls_not_distinct=True,
         ),

@@ -138,6 +138,8 @@ async def answers(db, scope: Scope) -> dict:
         "top": await reports.top_pages(db, scope, 1000, 0),
         "top, second page": await reports.top_pages(db, scope, 2, 2),
         "entry": await reports.session_pages(db, scope, "entry", 1000, 0),
+        "entry, second page": await reports.session_pages(db, scope, "entry", 2, 2),
+        "events, second page": await reports.custom_events(db, scope, None, None, 1, 1),
         "exit": await reports.session_pages(db, scope, "exit", 1000, 0),
         "events": await reports.custom_events(db, scope, None, None, 1000, 0),
         "signup": await reports.custom_events(db, scope, "signup", None, 1000, 0),
@@ -145,6 +147,8 @@ async def answers(db, scope: Scope) -> dict:
     }
     for dimension in (*TRAFFIC, *AUDIENCE, *NETWORK):
         found[dimension] = await reports.session_breakdown(db, scope, dimension, 1000, 0)
+        # Paging cuts through ties, which the rollup path's two reads must keep in order.
+        found[f"{dimension}, second page"] = await reports.session_breakdown(db, scope, dimension, 3, 3)
     for interval in ("day", "week", "month"):
         found[interval] = await timeseries(db, scope, interval)
     return found
