@@ -7,8 +7,8 @@ so they wait and then go on), it:
 1. reads the site's raw events of every UTC day that touches the range (a visitor id lives one
    UTC day, so this holds every session that reaches into the range, whole);
 2. re-runs bot detection and sessionization on them (when sessions are rebuilt);
-3. rebuilds the fingerprints of those visitors, carrying each visitor's location and network
-   over from its stored fingerprints (the address itself is never stored);
+3. rebuilds the fingerprints of those visitors, carrying location and network over from their
+   stored fingerprints (the address itself is never stored);
 4. replaces the rollup rows of the range outright, moves rows outside the range by the
    difference between the old and new contributions of the events read, and sums the monthly
    rows of the closed months it touched again.
@@ -165,15 +165,18 @@ def _rebuild_sessions(site: Site, rows, old_fingerprints, stored_networks: dict[
                       bots: BotDetector, rebuild: bool):
     """Return the new bot flags, session ids and fingerprint rows of the events read.
 
-    Location and network come from visitor_networks, or from the visitor's old fingerprints for
-    visitors stored before that table existed.
+    Each event keeps the location, network and screen of its old session, because a visitor
+    keyed by an SDK's anonymous id can have several. Events of a session stored without a
+    network take the visitor's from visitor_networks, or from its old fingerprints for visitors
+    stored before that table existed.
     """
     if not rebuild:
         return [r["is_bot"] for r in rows], [r["session_id"] for r in rows], [dict(f) for f in old_fingerprints]
 
     networks: dict[str, tuple[VisitorNetwork, str | None]] = {}
+    old_sessions: dict[str, Fingerprint] = {}
     for row in old_fingerprints:
-        old = from_row(row)
+        old = old_sessions[row["session_id"]] = from_row(row)
         if old.network != VisitorNetwork() or row["visitor_id"] not in networks:
             networks[row["visitor_id"]] = (old.network, old.screen_size)
     for visitor, network in stored_networks.items():
@@ -190,10 +193,14 @@ def _rebuild_sessions(site: Site, rows, old_fingerprints, stored_networks: dict[
     for visitor, indexes in by_visitor.items():
         times = [_ms(rows[i]["timestamp"]) for i in indexes]
         plan = plan_sessions(site.domain, visitor, [], times)
-        network, screen = networks.get(visitor, (VisitorNetwork(), None))
+        visitor_network, visitor_screen = networks.get(visitor, (VisitorNetwork(), None))
         for index, session_id in zip(indexes, plan.event_sessions):
             session_ids[index] = session_id
             row = rows[index]
+            network, screen = visitor_network, visitor_screen
+            old = old_sessions.get(row["session_id"])
+            if old is not None and old.network != VisitorNetwork():
+                network, screen = old.network, old.screen_size
             part = fingerprint_of_event(session_id, site.domain, visitor, row["event_type"], row["event_action"],
                                         _ms(row["timestamp"]), row["url"], row["referrer"], row["user_agent"],
                                         flags[index], network, screen)
