@@ -141,15 +141,21 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
     return rows, stored
 
 
+# Each visitor's window rides on its unnest row, as in sinks.sessions: a range on "timestamp"
+# alone would let a planner without statistics scan every event of the site in the window
+# through (site, timestamp) instead of each visitor's rows through (site, visitor_id, timestamp).
 _VISITOR_EVENTS = """
-SELECT visitor_id, event_type, event_action, "timestamp" FROM raw_events
- WHERE site = $1 AND visitor_id = ANY($2::text[]) AND "timestamp" >= $3 AND "timestamp" < $4 AND NOT is_bot
+SELECT r.visitor_id, r.event_type, r.event_action, r."timestamp"
+  FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS q(visitor_id, lo, hi)
+  JOIN raw_events r ON r.site = $1 AND r.visitor_id = q.visitor_id AND r."timestamp" >= q.lo AND r."timestamp" < q.hi
+ WHERE NOT r.is_bot
 """
 
 _VISITOR_SESSIONS = f"""
-SELECT session_id, visitor_id, started_at, is_bot, {", ".join(f'"{d}"' for d in ALL_SESSION_DIMENSIONS)}
-  FROM session_fingerprints
- WHERE site = $1 AND visitor_id = ANY($2::text[]) AND started_at >= $3 AND started_at < $4
+SELECT s.session_id, s.visitor_id, s.started_at, s.is_bot, {", ".join(f's."{d}"' for d in ALL_SESSION_DIMENSIONS)}
+  FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS q(visitor_id, lo, hi)
+  JOIN session_fingerprints s ON s.visitor_id = q.visitor_id AND s.site = $1
+   AND s.started_at >= q.lo AND s.started_at < q.hi
 """
 
 # A visitor's counts on a local date depend on that date and the one before; local dates lie
@@ -167,14 +173,24 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
     to get the state before it. Runs under the visitors' session locks, so a concurrent batch
     of the same visitor waits and then reads this one's rows.
     """
-    visitors = sorted({item.event.visitor_id for item in new_events})
-    moments = [item.event.timestamp_ms for item in new_events]
-    moments += [int(row["started_at"].timestamp() * 1000) for row in (*sessions.values(), *stored.values())]
-    low = _at(min(moments)) - _WINDOW
-    high = _at(max(moments)) + _WINDOW
+    spans: dict[str, list[int]] = {}
+    moments = [(item.event.visitor_id, item.event.timestamp_ms) for item in new_events]
+    moments += [(row["visitor_id"], int(row["started_at"].timestamp() * 1000))
+                for row in (*sessions.values(), *stored.values())]
+    for visitor, moment in moments:
+        span = spans.get(visitor)
+        if span is None:
+            spans[visitor] = [moment, moment]
+        elif moment < span[0]:
+            span[0] = moment
+        elif moment > span[1]:
+            span[1] = moment
+    visitors = sorted(spans)
+    window = (site.domain, visitors, [_at(spans[v][0]) - _WINDOW for v in visitors],
+              [_at(spans[v][1]) + _WINDOW for v in visitors])
 
     events_after: dict[str, Counter] = defaultdict(Counter)
-    for row in await conn.fetch(_VISITOR_EVENTS, site.domain, visitors, low, high):
+    for row in await conn.fetch(_VISITOR_EVENTS, *window):
         events_after[row["visitor_id"]][(row["event_type"], row["event_action"], _ms(row["timestamp"]))] += 1
     events_new: dict[str, Counter] = defaultdict(Counter)
     for item in new_events:
@@ -185,7 +201,7 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
     touched = sessions.keys() | renames.keys()
     sessions_after: dict[str, list] = defaultdict(list)
     sessions_before: dict[str, list] = defaultdict(list)
-    for row in await conn.fetch(_VISITOR_SESSIONS, site.domain, visitors, low, high):
+    for row in await conn.fetch(_VISITOR_SESSIONS, *window):
         if row["session_id"] not in touched:
             sessions_after[row["visitor_id"]].append(row)
             sessions_before[row["visitor_id"]].append(row)
@@ -197,11 +213,13 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
             sessions_before[row["visitor_id"]].append(row)
 
     tz = site.timezone
+    # Untouched sessions are the same row objects before and after, so their pairs are built once.
+    session_pairs: dict = {}
     for visitor in visitors:
         after = events_after.get(visitor, Counter())
         before = after - events_new.get(visitor, Counter())
-        visitor_change(counts, visitor_days(before, sessions_before.get(visitor, ()), tz),
-                       visitor_days(after, sessions_after.get(visitor, ()), tz))
+        visitor_change(counts, visitor_days(before, sessions_before.get(visitor, ()), tz, session_pairs),
+                       visitor_days(after, sessions_after.get(visitor, ()), tz, session_pairs))
 
 
 def _at(unix_ms: int) -> datetime:

@@ -131,14 +131,15 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
             out[key] = get(key, 0) + value
 
 
-def visitor_days(events, sessions, timezone_name: str) -> dict[date, set]:
+def visitor_days(events, sessions, timezone_name: str, session_pairs: dict | None = None) -> dict[date, set]:
     """Return what one visitor counts under on each local date: (dimension, value) pairs.
 
     `events` are (event_type, action, timestamp_ms) of the visitor's human events, `sessions` its
     fingerprint rows (bot sessions are skipped). The visitor counts once on each local date on
     which it has an event (the pair (None, None)), once per page and custom event name it had
     that date, and once per value of every session dimension among the sessions that started
-    that date.
+    that date. `session_pairs` caches each session row's pairs by the row's id(), for callers
+    that pass the same row objects to several calls.
     """
     days: dict[date, set] = {}
     for event_type, action, timestamp_ms in events:
@@ -150,11 +151,17 @@ def visitor_days(events, sessions, timezone_name: str) -> dict[date, set]:
     for row in sessions:
         if row["is_bot"]:
             continue
-        day = local_date(int(row["started_at"].timestamp() * 1000), timezone_name)
+        cached = session_pairs.get(id(row)) if session_pairs is not None else None
+        if cached is None:
+            day = local_date(int(row["started_at"].timestamp() * 1000), timezone_name)
+            cached = (day, [(dimension, _dimension_text(row.get(dimension))) for dimension in ALL_SESSION_DIMENSIONS])
+            if session_pairs is not None:
+                session_pairs[id(row)] = cached
+        day, pairs = cached
         values = days.get(day)
         if values is None:
             values = days[day] = set()
-        values.update((dimension, _dimension_text(row.get(dimension))) for dimension in ALL_SESSION_DIMENSIONS)
+        values.update(pairs)
     return days
 
 
