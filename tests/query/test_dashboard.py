@@ -303,10 +303,11 @@ async def test_stale_table_shows_banner(stack, db, redis, browser):
     await add_site(db, redis, "stale.example")
     await post_events(stack, [{"site": "stale.example", "url": "https://stale.example/"}])
     await wait_until_processed(redis)
-    # session_fingerprints stops two hours behind raw_events, as when its writes had been failing.
+    # daily_metrics, which the traffic page reads, stops two hours behind raw_events, as when its
+    # writes had been failing.
     last_write = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
     await db.execute("UPDATE table_freshness SET last_write_at = $1, last_event_at = $1 "
-                     "WHERE table_name = 'session_fingerprints'", last_write)
+                     "WHERE table_name = 'daily_metrics'", last_write)
     page, log = await open_page(browser)
     await sign_in(page, stack.api_url)
     await wait_ready(page)
@@ -316,7 +317,7 @@ async def test_stale_table_shows_banner(stack, db, redis, browser):
 
     banner = page.locator(".banner.stale")
     assert await banner.is_visible()
-    assert await banner.get_attribute("data-tables") == "session_fingerprints"
+    assert await banner.get_attribute("data-tables") == "daily_metrics"
     assert last_write.isoformat() in await banner.inner_text()
     assert log.errors == []
 
