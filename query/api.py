@@ -246,7 +246,7 @@ async def _government(conn, scope) -> tuple[dict, list[str]]:
     return {"government_share": await reports.government_share(conn, scope)}, _tables(scope, ["session_fingerprints"])
 
 
-# What a report reads when the scope allows the rollups (see query.reports), for `freshness`.
+# Tables a report reads when the scope allows the rollups (see query.reports), listed in `freshness`.
 _ROLLUP_TABLES = ["daily_metrics", "monthly_metrics"]
 
 

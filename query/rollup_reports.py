@@ -1,9 +1,10 @@
 """Reports computed from the rollup tables: daily_metrics for loose days, monthly_metrics for whole months.
 
 A range of local dates is split into whole months, read from monthly_metrics where the month
-is closed (sinks.months), and single dates for the rest. Counts add up over the pieces. Unique visitors add up too once the overlaps are taken off: each piece's
-"visitors_overlap" counts visitors also seen on the date before the piece, so every piece but
-the first gives its overlap back (streams.rollup explains the rows).
+is closed (sinks.months), and single dates for the rest. Counts add up over the pieces.
+Unique visitors add up too once the overlaps are taken off: each piece's "visitors_overlap"
+counts visitors also seen on the date before the piece, so every piece but the first gives its
+overlap back (streams.rollup explains the rows).
 
 Each function returns what its raw-table twin in query.reports returns, in the same order,
 with ratios rounded by PostgreSQL's numeric rounding as the raw queries round them. Tests
@@ -71,7 +72,7 @@ class Pieces:
 
 
 async def split(conn: asyncpg.Connection, site: str, first: date, last: date) -> Pieces:
-    """Read whole months from monthly_metrics where they are closed (sinks.months), the rest by date."""
+    """Split first..last into closed months (read from monthly_metrics, see sinks.months) and single dates."""
     candidates = []
     month = first if first.day == 1 else _next_month(first)
     while _next_month(month) <= last + timedelta(days=1):
@@ -95,7 +96,9 @@ def _next_month(day: date) -> date:
 
 
 def _pieces_sql(dimension_condition: str, values: str | None = None) -> str:
-    """Rows of one dimension over the period: $1 site, $2 first date, $3 dates, $4 closed months, $5 metrics.
+    """Return the SQL of one dimension's rows over the period.
+
+    Parameters: $1 site, $2 first date, $3 dates, $4 closed months, $5 metrics.
 
     `values` names a parameter of stored values to read only those. A piece's overlap with the
     date before it is dropped for the first piece only.
@@ -124,7 +127,7 @@ async def _args(conn: asyncpg.Connection, scope: Scope, metrics: tuple[str, ...]
 
 
 async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
-    """Every total metric of the period, with `visitors` already the period's unique visitors."""
+    """Return every total metric of the period, with `visitors` already the period's unique visitors."""
     metrics = ("pageviews", "bot_pageviews", "events", "sessions", "bounces", "session_duration_s", VISITORS,
                VISITORS_OVERLAP)
     rows = await conn.fetch(
@@ -178,7 +181,7 @@ async def session_pages(conn: asyncpg.Connection, scope: Scope, kind: str, limit
 
 async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | None, limit: int,
                         offset: int) -> list[dict]:
-    """Custom events by name (the raw twin's answer without a property breakdown)."""
+    """Return custom events by name, as the raw twin does without a property breakdown."""
     if event is None:
         values = await _leading_values(conn, scope, "event", _sum("events"), ("events",), limit + offset)
     else:
@@ -212,7 +215,7 @@ async def session_breakdown(conn: asyncpg.Connection, scope: Scope, dimension: s
 
 
 async def government_visitors(conn: asyncpg.Connection, scope: Scope) -> tuple[int, int]:
-    """Unique visitors of government networks and of all networks.
+    """Return the unique visitors of government networks and of all networks.
 
     NOTE: the total is the sum over both values, so a visitor id with sessions on both kinds of
     network in the period (an SDK's anonymous id can have them) counts twice in it.

@@ -141,8 +141,8 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
     return rows, stored
 
 
-# Each visitor's window rides on its unnest row, as in sinks.sessions: a range on "timestamp"
-# alone would let a planner without statistics scan every event of the site in the window
+# Each visitor's window comes with its unnest row, as in sinks.sessions. With one range on
+# "timestamp", a planner without statistics may read every event of the site in that range
 # through (site, timestamp) instead of each visitor's rows through (site, visitor_id, timestamp).
 _VISITOR_EVENTS = """
 SELECT r.visitor_id, r.event_type, r.event_action, r."timestamp"
@@ -158,8 +158,8 @@ SELECT s.session_id, s.visitor_id, s.started_at, s.is_bot, {", ".join(f's."{d}"'
    AND s.started_at >= q.lo AND s.started_at < q.hi
 """
 
-# A visitor's counts on a local date depend on that date and the one before; local dates lie
-# within 14 hours of UTC dates, so two days on each side hold every row they can read.
+# A visitor's counts on a local date depend on that date and the one before. Local dates lie
+# within 14 hours of UTC dates, so two days on each side contain every row those counts read.
 _WINDOW = timedelta(days=2)
 
 
@@ -168,7 +168,7 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
                           counts: Counter) -> None:
     """Add the change of the unique-visitor rows of every visitor this batch touched.
 
-    Reads the visitors' human events and sessions near the batch (raw_events already holds the
+    Reads the visitors' human events and sessions near the batch (raw_events already contains the
     batch's events, session_fingerprints its sessions), and takes the batch's part out again
     to get the state before it. Runs under the visitors' session locks, so a concurrent batch
     of the same visitor waits and then reads this one's rows.

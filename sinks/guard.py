@@ -167,7 +167,7 @@ def _plan_index(plan: Plan, table: Table, index: Index, actual: ActualTable, cat
 
 
 def _differs(index: Index, present: ActualIndex) -> bool:
-    """Whether the index the database holds is not the one the code declares.
+    """Return whether the index in the database differs from the one the code declares.
 
     NOTE: a predicate is compared by its presence only, because PostgreSQL prints it in its own
     form (casts and parentheses added), not as the code wrote it.

@@ -132,12 +132,12 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
 
 
 def visitor_days(events, sessions, timezone_name: str, session_pairs: dict | None = None) -> dict[date, set]:
-    """Return what one visitor counts under on each local date: (dimension, value) pairs.
+    """Return the (dimension, value) pairs one visitor counts under on each local date.
 
     `events` are (event_type, action, timestamp_ms) of the visitor's human events, `sessions` its
-    fingerprint rows (bot sessions are skipped). The visitor counts once on each local date on
-    which it has an event (the pair (None, None)), once per page and custom event name it had
-    that date, and once per value of every session dimension among the sessions that started
+    fingerprint rows (bot sessions are skipped). On each local date with an event, the visitor
+    counts once in the total (the pair (None, None)) and once per page and custom event name.
+    It also counts once per value of every session dimension among the sessions that started
     that date. `session_pairs` caches each session row's pairs by the row's id(), for callers
     that pass the same row objects to several calls.
     """
@@ -177,27 +177,24 @@ def visitor_change(out: Counter, before: dict[date, set], after: dict[date, set]
     """
     empty: frozenset = frozenset()
     changed = {day for day in before.keys() | after.keys() if before.get(day, empty) != after.get(day, empty)}
-    get = out.get
     for day in changed:
         old, new = before.get(day, empty), after.get(day, empty)
-        for pair in new - old:
-            key = _new_key(RollupKey, (DAILY, day, VISITORS, *pair))
-            out[key] = get(key, 0) + 1
-        for pair in old - new:
-            key = _new_key(RollupKey, (DAILY, day, VISITORS, *pair))
-            out[key] = get(key, 0) - 1
+        _add_pairs(out, day, VISITORS, new - old, +1)
+        _add_pairs(out, day, VISITORS, old - new, -1)
     for day in changed | {date.fromordinal(day.toordinal() + 1) for day in changed}:
         previous = date.fromordinal(day.toordinal() - 1)
         old = before.get(day, empty) & before.get(previous, empty)
         new = after.get(day, empty) & after.get(previous, empty)
-        if old == new:
-            continue
-        for pair in new - old:
-            key = _new_key(RollupKey, (DAILY, day, VISITORS_OVERLAP, *pair))
-            out[key] = get(key, 0) + 1
-        for pair in old - new:
-            key = _new_key(RollupKey, (DAILY, day, VISITORS_OVERLAP, *pair))
-            out[key] = get(key, 0) - 1
+        if old != new:
+            _add_pairs(out, day, VISITORS_OVERLAP, new - old, +1)
+            _add_pairs(out, day, VISITORS_OVERLAP, old - new, -1)
+
+
+def _add_pairs(out: Counter, day: date, metric: str, pairs, sign: int) -> None:
+    get = out.get
+    for pair in pairs:
+        key = _new_key(RollupKey, (DAILY, day, metric, *pair))
+        out[key] = get(key, 0) + sign
 
 
 def monthly_contributions(daily: Counter) -> Counter:

@@ -26,7 +26,7 @@ from sinks.sites import upsert_site
 from streams.event import Event
 from streams.ids import stable_event_id
 from streams.sites import Site
-from tests.sinks.test_derived import feed, processor  # noqa: F401  (processor is a fixture)
+from tests.sinks.test_derived import feed, processor, shuffled_batches  # noqa: F401  (processor is a fixture)
 
 SITES = (Site("utc.example", "UTC"), Site("in.example", "Asia/Kolkata"), Site("ny.example", "America/New_York"))
 FIRST_DAY = date(2026, 9, 20)
@@ -111,10 +111,7 @@ async def loaded(request, processor, db):  # noqa: F811
     for site in SITES:
         await upsert_site(db, site)
         events += traffic(site, rng)
-    shuffled = events + rng.sample(events, len(events) // 10)
-    rng.shuffle(shuffled)
-    cuts = sorted(rng.sample(range(1, len(shuffled)), 12))
-    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    batches = shuffled_batches(events, rng, len(events) // 10, 12)
 
     await feed(processor, batches[:6])
     if request.param == "closed months":
@@ -167,7 +164,8 @@ async def test_every_report_agrees_with_raw_tables(loaded, db, site):
 
 async def test_visitors_cross_local_midnight(loaded, db):
     """The overlap rows are not empty in the offset zones, so the comparison above exercised them."""
-    rows = await db.fetch("SELECT site, sum(value) AS overlap FROM daily_metrics WHERE metric_name = 'visitors_overlap' "
+    rows = await db.fetch("SELECT site, sum(value) AS overlap FROM daily_metrics "
+                          "WHERE metric_name = 'visitors_overlap' "
                           "AND dimension_key IS NULL GROUP BY site ORDER BY site")
     overlaps = {row["site"]: int(row["overlap"]) for row in rows}
 

@@ -31,7 +31,8 @@ from streams.bots import BotDetector
 from streams.event import Event
 from streams.ids import stable_event_id
 from streams.sites import Site
-from tests.sinks.test_derived import DERIVED_SNAPSHOT, feed, processor  # noqa: F401  (processor is a fixture)
+from tests.sinks.test_derived import (DERIVED_SNAPSHOT, feed, processor,  # noqa: F401  (processor is a fixture)
+                                      shuffled_batches)
 
 SITES = tuple(Site(f"z{n}.example", tz) for n, tz in enumerate((
     "America/New_York", "Europe/London", "Asia/Kathmandu", "Pacific/Chatham", "Pacific/Kiritimati",
@@ -186,10 +187,7 @@ async def test_zones_replicas_and_replays_agree(processor, db):  # noqa: F811
     for site in SITES:
         await upsert_site(db, site)
         events += traffic(site, rng)
-    shuffled = events + rng.sample(events, len(events) // 8)
-    rng.shuffle(shuffled)
-    cuts = sorted(rng.sample(range(1, len(shuffled)), 20))
-    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    batches = shuffled_batches(events, rng, len(events) // 8, 20)
     second = Processor(processor.settings)
     await second.start()
     await asyncio.gather(feed(processor, batches[:8:2]), feed(second, batches[1:8:2]), feed(second, batches[3:6]))

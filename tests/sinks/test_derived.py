@@ -66,6 +66,14 @@ async def feed(proc: Processor, batches: list[list[Event]]) -> None:
         await proc.handle_batch([Entry(f"{number}-0", encode_entry(events))])
 
 
+def shuffled_batches(events: list, rng: random.Random, duplicates: int, cuts: int) -> list[list]:
+    """Return `events` plus `duplicates` of them drawn again, shuffled and cut into `cuts` + 1 batches."""
+    shuffled = events + rng.sample(events, duplicates)
+    rng.shuffle(shuffled)
+    ends = sorted(rng.sample(range(1, len(shuffled)), cuts))
+    return [shuffled[a:b] for a, b in zip([0, *ends], [*ends, len(shuffled)])]
+
+
 async def truncate_all(conn: asyncpg.Connection) -> None:
     await conn.execute("TRUNCATE raw_events, session_fingerprints, aggregated_metrics, daily_metrics, monthly_metrics, "
                        "daily_visitors")
@@ -96,10 +104,8 @@ async def test_any_order_duplication_gives_identical_tables(processor, db, seed)
     expected = await snapshot(db)
 
     rng = random.Random(seed)
-    shuffled = pool + rng.sample(pool, rng.randint(0, len(pool)))
-    rng.shuffle(shuffled)
-    cuts = sorted(rng.sample(range(1, len(shuffled)), rng.randint(0, 6)))
-    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    duplicates = rng.randint(0, len(pool))
+    batches = shuffled_batches(pool, rng, duplicates, rng.randint(0, 6))
     await truncate_all(db)
     await feed(processor, batches)
 
