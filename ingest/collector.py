@@ -12,8 +12,9 @@ Routes:
 
 An event route responds 2xx only after Redis acknowledged the XADD that carries its events, so
 an accepted event is in the stream. Redis is reached with REDIS_TIMEOUT_S on every connect
-and command, so an unreachable Redis gets 503 responses, not hanging requests, and the
-connection pool reconnects by itself once Redis is back.
+and command, so an unreachable Redis gets 503 responses, not hanging requests. The connection
+pool, and the stream writer's own connection (`ingest.group_commit`), reconnect by themselves
+once Redis is back.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from ingest.body import MAX_BODY_BYTES
 from ingest.client_ip import parse_networks
 from ingest.collect import get_collect, post_collect
 from ingest.cors import CORS_KEY, CorsPolicy, preflight
+from ingest.group_commit import create_stream_writer
 from ingest.intake import INTAKE_KEY, Intake
 from ingest.plausible import plausible_event
 from ingest.segment import add_segment_routes
 from ingest.settings import CollectorSettings
 from ingest.tracker import TRACKER_KEY, TrackerScript, tracker_script
 from ingest.validate import EventBuilder
-from ingest.writer import StreamWriter
 from streams.keys import PROCESSOR_GROUP
 from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
@@ -85,7 +86,7 @@ def create_collector_app(settings: CollectorSettings, *, stream: str | None = No
         redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER,
                               socket_timeout=settings.REDIS_TIMEOUT_S, socket_connect_timeout=settings.REDIS_TIMEOUT_S)
         backlog = BacklogMonitor(redis, streams, PROCESSOR_GROUP, settings.STREAM_MAX_LENGTH)
-        writer = StreamWriter(redis, stream if stream is not None else partitions)
+        writer = create_stream_writer(redis, stream if stream is not None else partitions)
         builder = EventBuilder(SiteDirectory(redis), SaltStore(redis), settings.MAX_EVENT_BYTES)
         app[REDIS_KEY] = redis
         app[INTAKE_KEY] = Intake(builder, writer, backlog, trusted_proxies)

@@ -22,6 +22,7 @@ from ingest.body import RequestRejected
 from ingest.client_ip import client_ip
 from ingest.cors import CORS_KEY
 from ingest.validate import EventBuilder, InvalidEvent, Rejection, RequestContext
+from ingest.group_commit import GroupCommitWriter
 from ingest.writer import StreamWriter
 from streams.event import Event
 from weir.redis import REDIS_ERRORS
@@ -38,7 +39,7 @@ ErrorRenderer = Callable[[RequestRejected], web.Response]
 class Intake:
     """Validates payload items into events and writes them to the stream, counting both."""
 
-    def __init__(self, builder: EventBuilder, writer: StreamWriter, backlog: BacklogMonitor,
+    def __init__(self, builder: EventBuilder, writer: StreamWriter | GroupCommitWriter, backlog: BacklogMonitor,
                  trusted_proxies: tuple) -> None:
         self.builder = builder
         self.writer = writer

@@ -10,6 +10,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ingest import group_commit
 from ingest import writer as writer_module
 from ingest.intake import INTAKE_KEY
 from streams.event import Event, encode_entry
@@ -190,7 +191,11 @@ async def test_queue_limit_turns_requests_away(http, collector, redis_client, mo
     assert headers["Retry-After"] == "5"
 
 
-async def test_failed_write_fails_only_its_requests(http, collector, redis_client, monkeypatch):
+async def test_redis_py_writer_failure_fails_its_requests(http, make_collector, sites, redis_client, monkeypatch):
+    # The redis-py writer is what Redis Cluster, TLS and Unix-socket deployments get.
+    monkeypatch.setattr(group_commit, "options_of", lambda _redis: None)
+    collector = await make_collector()
+    assert isinstance(collector.app[INTAKE_KEY].writer, writer_module.StreamWriter)
     original = writer_module.StreamWriter._xadd
     calls = 0
 
