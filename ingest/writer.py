@@ -1,4 +1,8 @@
-"""Write accepted events to the Redis stream, many requests per XADD.
+"""Write accepted events to the Redis stream, many requests per XADD, through redis-py.
+
+The collector uses this writer only where `ingest.group_commit`'s own connection cannot go:
+Redis Cluster, TLS and Unix sockets. There, an error reply fails the whole write, where group
+commit fails only the requests of the entry that got it.
 
 Up to MAX_WRITES_IN_FLIGHT writes run at once. Requests that arrive while they are in flight
 wait for the next write, which carries all of their events. At low load every request gets

@@ -149,10 +149,12 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A redis-server process of the test's own, on a free port, without persistence."""
+    """A redis-server process of the test's own, on a free port, by default without persistence."""
 
     port: int
     process: subprocess.Popen | None = None
+    options: tuple[str, ...] = ("--save", "", "--appendonly", "no")
+    """redis-server options besides the port and address; the default keeps no data on disk."""
 
     @property
     def url(self) -> str:
@@ -160,7 +162,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
