@@ -18,6 +18,7 @@ from ingest.intake import INTAKE_KEY
 from ingest.resp import ConnectionOptions, options_of
 from streams.event import Event, decode_entry
 from streams.keys import EVENTS_STREAM
+from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from tests.ingest.conftest import SITES, RedisServer, free_port, metric, stream_events
 
@@ -25,8 +26,9 @@ EVENT = {"site": "example.com", "url": "https://example.com/"}
 
 
 def make_events(request: int, count: int) -> list[Event]:
+    # Visitors differ by event, so with several partitions a request's events spread over them.
     return [Event(id=f"0190a0a0-0000-7000-8000-{request:06d}{index:06d}", site="example.com", type="pageview",
-                  action="/", timestamp_ms=1, received_ms=2, visitor_id="v" * 32)
+                  action="/", timestamp_ms=1, received_ms=2, visitor_id=f"{request:016d}{index:016d}")
             for index in range(count)]
 
 
@@ -139,6 +141,46 @@ async def test_error_reply_fails_only_its_request(redis_server, monkeypatch):
     stored = await stream_events(admin)
     assert sorted(event.id for event in stored) == sorted(e.id for e in make_events(0, 1) + make_events(2, 3))
     assert metric("weir_collect_stream_write_failures_total") == failures_before + 1
+    await admin.aclose()
+
+
+async def test_partitions_written_in_transaction(redis_server):
+    partitions = StreamPartitions(count=3)
+    writer = GroupCommitWriter(writer_options(redis_server), partitions)
+    requests = [make_events(request, request % 4 + 1) for request in range(30)]
+
+    outcomes = await asyncio.gather(*(writer.write(events) for events in requests))
+    await writer.close()
+
+    assert outcomes == [None] * len(requests)
+    client = Redis.from_url(redis_server.url)
+    stored_ids: Counter[str] = Counter()
+    for stream in partitions.streams():
+        stored = await stream_events(client, stream)
+        assert stored, f"no events in {stream}"
+        assert all(partitions.stream_of(event) == stream for event in stored)
+        stored_ids.update(event.id for event in stored)
+    assert stored_ids == Counter(event.id for events in requests for event in events)
+    await client.aclose()
+
+
+async def test_failed_transaction_stores_nothing(redis_server, monkeypatch):
+    # Without EVAL, the request over the entry limit aborts the MULTI/EXEC that spans the partitions.
+    admin = Redis.from_url(redis_server.url)
+    await admin.execute_command("ACL", "SETUSER", "collector", "on", ">secret", "~*", "&*", "+@all", "-eval",
+                                "-evalsha")
+    monkeypatch.setattr(writer_module, "MAX_EVENTS_PER_ENTRY", 5)
+    partitions = StreamPartitions(count=2)
+    writer = GroupCommitWriter(writer_options(redis_server, username="collector", password="secret"), partitions)
+
+    outcomes = await asyncio.gather(writer.write(make_events(0, 1)), writer.write(make_events(1, 30)),
+                                    writer.write(make_events(2, 3)), return_exceptions=True)
+    await writer.close()
+
+    assert all(isinstance(outcome, RedisError) for outcome in outcomes), outcomes
+    assert "NOPERM" in str(outcomes[0])
+    for stream in partitions.streams():
+        assert await admin.exists(stream) == 0
     await admin.aclose()
 
 
