@@ -108,10 +108,17 @@ class GroupCommitWriter:
         if not batch:
             return
         write = _Write(self, batch)
-        if self._stream is not None:
-            self._pack(write, self._stream, batch)
-        else:
-            self._pack_partitions(write, batch)
+        try:
+            if self._stream is not None:
+                self._pack(write, self._stream, batch)
+            else:
+                self._pack_partitions(write, batch)
+        except Exception as error:  # noqa: BLE001 - the batch left the queue, so it must be settled here or hang
+            logger.exception("stream write failed: cannot encode the entries requests=%d", len(batch))
+            metrics.STREAM_WRITE_FAILURES.inc()
+            wrapped = RedisError(f"encoding the stream entries failed: {error!r}")
+            _Write._fail(batch, wrapped)
+            return
         self._in_flight += 1
         connection.send(write.data(), write.replies_expected(), write.settle)
 

@@ -184,6 +184,22 @@ async def test_failed_transaction_stores_nothing(redis_server, monkeypatch):
     await admin.aclose()
 
 
+async def test_unencodable_event_fails_its_flush(redis_server):
+    writer = GroupCommitWriter(writer_options(redis_server), EVENTS_STREAM)
+    unencodable = make_events(0, 1)
+    unencodable[0].props = {"value": object()}
+
+    outcomes = await asyncio.gather(writer.write(unencodable), writer.write(make_events(1, 1)),
+                                    return_exceptions=True)
+    await writer.write(make_events(2, 1))
+    await writer.close()
+
+    assert all(isinstance(outcome, RedisError) for outcome in outcomes), outcomes
+    client = Redis.from_url(redis_server.url)
+    assert [event.id for event in await stream_events(client)] == [e.id for e in make_events(2, 1)]
+    await client.aclose()
+
+
 async def test_wrong_password_fails_writes(redis_server):
     admin = Redis.from_url(redis_server.url)
     await admin.execute_command("ACL", "SETUSER", "collector", "on", ">secret", "~*", "+@all")
