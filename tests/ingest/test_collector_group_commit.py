@@ -45,7 +45,8 @@ async def entries_by_request(redis: Redis) -> list[list[int]]:
 
 
 def writer_options(server: RedisServer, **changes) -> ConnectionOptions:
-    return ConnectionOptions(host="127.0.0.1", port=server.port, connect_timeout_s=2.0, timeout_s=2.0, **changes)
+    return ConnectionOptions(**{"host": "127.0.0.1", "port": server.port, "connect_timeout_s": 2.0, "timeout_s": 2.0,
+                                **changes})
 
 
 async def wait_until(condition, timeout_s: float = 5.0) -> None:
@@ -254,6 +255,37 @@ async def test_redis_killed_mid_flush_fails_all(redis_server):
     client = Redis.from_url(redis_server.url)
     assert [event.id for event in await stream_events(client)] == [e.id for e in make_events(99, 2)]
     await client.aclose()
+
+
+async def test_hanging_redis_leaves_no_connections(redis_server):
+    writer = GroupCommitWriter(writer_options(redis_server, connect_timeout_s=0.3, timeout_s=0.3), EVENTS_STREAM)
+    await writer.write(make_events(0, 1))
+
+    # Step 1: each write times out; the writer drops that connection and opens a new one next time.
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        for request in range(1, 4):
+            started = time.monotonic()
+            with pytest.raises(RedisError):
+                await writer.write(make_events(request, 1))
+            assert time.monotonic() - started < 1.0
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+    # Step 2: Redis resumes; the aborted connections are gone, only the writer's new one stays.
+    await writer.write(make_events(9, 1))
+    admin = Redis.from_url(redis_server.url)
+    await admin.client_setname("admin")
+    clients: list = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        clients = [client for client in await admin.client_list() if client["name"] != "admin"]
+        if len(clients) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(clients) == 1, clients
+    await writer.close()
+    await admin.aclose()
 
 
 async def test_redis_killed_under_load_keeps_accepted(http, make_collector, tmp_path):
