@@ -3,7 +3,8 @@
 Unfiltered reports over whole days of the site's time zone read the rollup tables
 (daily_metrics and monthly_metrics, through query.rollup_reports); tests check that both paths
 give the same numbers. Filtered reports, periods that are not whole days, a `tz` other than the
-site's and a custom event's property breakdown read raw_events and session_fingerprints.
+site's, a property breakdown of all custom events together and one of an event with events
+that lack the property read raw_events and session_fingerprints.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
                         limit: int, offset: int) -> list[dict]:
     if scope.uses_rollups and breakdown is None:
         return await rollup_reports.custom_events(conn, scope, event, limit, offset)
+    if scope.uses_rollups and event is not None:
+        found = await rollup_reports.property_breakdown(conn, scope, event, breakdown, limit, offset)
+        if found is not None:
+            return found
     params = scope.params()
     where = scope.events_from(params) + " AND e.event_type <> 'pageview'"
     if event is not None:

@@ -20,7 +20,7 @@ import asyncpg
 
 from query.scope import Scope
 from sinks.months import closed_among
-from streams.rollup import VISITORS, VISITORS_OVERLAP
+from streams.rollup import PROPERTY, VISITORS, VISITORS_OVERLAP, property_prefix
 
 # The API's session dimensions and the rollup dimension each one is stored under.
 ROLLUP_KEYS = {
@@ -191,6 +191,31 @@ async def custom_events(conn: asyncpg.Connection, scope: Scope, event: str | Non
         f"FROM ({_pieces_sql('dimension_key = $6', '$9')}) AS r GROUP BY 1 HAVING {_sum('events')} > 0 "
         "ORDER BY events DESC, 1 LIMIT $7 OFFSET $8",
         *await _args(conn, scope, ("events", VISITORS, VISITORS_OVERLAP)), "event", limit, offset, values)
+    return [dict(r) for r in rows]
+
+
+async def property_breakdown(conn: asyncpg.Connection, scope: Scope, event: str, key: str, limit: int,
+                             offset: int) -> list[dict] | None:
+    """Return one custom event's events and visitors per text of property `key`, as the raw twin does.
+
+    Returns None when some events of the period are missing from the key's rows, because they
+    lack the key or it was not rolled up (streams.rollup.property_values). The raw query groups
+    those under '', whose unique visitors no rollup row holds, so the caller reads raw events.
+    """
+    args = await _args(conn, scope, ("events", VISITORS, VISITORS_OVERLAP))
+    rows_sql = _pieces_sql("dimension_key = $6 AND starts_with(dimension_value, $9)")
+    counted = await conn.fetchrow(
+        f"SELECT (SELECT coalesce(sum(value), 0) FROM ({_pieces_sql('dimension_key = $7 AND dimension_value = $8')}) "
+        "AS e WHERE metric_name = 'events') AS events, "
+        f"(SELECT coalesce(sum(value), 0) FROM ({rows_sql}) AS p WHERE metric_name = 'events') AS with_key",
+        *args, PROPERTY, "event", event, property_prefix(event, key))
+    if counted["events"] != counted["with_key"]:
+        return None
+    rows = await conn.fetch(
+        f"SELECT (dimension_value::jsonb ->> 2) AS value, {_sum('events')} AS events, {_VISITORS} AS visitors "
+        f"FROM ({rows_sql}) AS r GROUP BY 1 HAVING {_sum('events')} > 0 "
+        "ORDER BY events DESC, 1 LIMIT $7 OFFSET $8",
+        *args, PROPERTY, limit, offset, property_prefix(event, key))
     return [dict(r) for r in rows]
 
 

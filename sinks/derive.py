@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
+import orjson
 
 from sinks.coverage import record_complete
 from sinks.fingerprints import delete_fingerprints, load_fingerprints, save_fingerprints
@@ -21,7 +22,7 @@ from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
 from streams.rollup import (ALL_SESSION_DIMENSIONS, event_contributions, local_date, monthly_contributions,
-                            session_contributions, visitor_change, visitor_days)
+                            property_values, session_contributions, visitor_change, visitor_days)
 from streams.sites import Site
 
 
@@ -85,7 +86,8 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
     # Step 1: event counts.
     for item in new_events:
         e = item.event
-        event_contributions(counts, e.type, e.action, e.timestamp_ms, item.is_bot, site.timezone)
+        event_contributions(counts, e.type, e.action, e.timestamp_ms, item.is_bot, site.timezone,
+                            () if item.is_bot else property_values(e.type, e.action, e.props))
 
     # Step 2: fingerprints of the sessions that gained events or absorbed others.
     sessions, stored = await _update_sessions(conn, site, new_events, part.renames, counts, result)
@@ -145,7 +147,8 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
 # "timestamp", a planner without statistics may read every event of the site in that range
 # through (site, timestamp) instead of each visitor's rows through (site, visitor_id, timestamp).
 _VISITOR_EVENTS = """
-SELECT r.visitor_id, r.event_type, r.event_action, r."timestamp"
+SELECT r.visitor_id, r.event_type, r.event_action, r."timestamp",
+       CASE WHEN r.event_type <> 'pageview' THEN r.metadata END AS metadata
   FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS q(visitor_id, lo, hi)
   JOIN raw_events r ON r.site = $1 AND r.visitor_id = q.visitor_id AND r."timestamp" >= q.lo AND r."timestamp" < q.hi
  WHERE NOT r.is_bot
@@ -191,12 +194,15 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
 
     events_after: dict[str, Counter] = defaultdict(Counter)
     for row in await conn.fetch(_VISITOR_EVENTS, *window):
-        events_after[row["visitor_id"]][(row["event_type"], row["event_action"], _ms(row["timestamp"]))] += 1
+        metadata = row["metadata"]
+        properties = property_values(row["event_type"], row["event_action"], metadata and orjson.loads(metadata))
+        events_after[row["visitor_id"]][(row["event_type"], row["event_action"], _ms(row["timestamp"]),
+                                         properties)] += 1
     events_new: dict[str, Counter] = defaultdict(Counter)
     for item in new_events:
         if not item.is_bot:
             e = item.event
-            events_new[e.visitor_id][(e.type, e.action, e.timestamp_ms)] += 1
+            events_new[e.visitor_id][(e.type, e.action, e.timestamp_ms, property_values(e.type, e.action, e.props))] += 1
 
     touched = sessions.keys() | renames.keys()
     sessions_after: dict[str, list] = defaultdict(list)

@@ -26,6 +26,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 
 from sinks.coverage import extend_back
 from sinks.fingerprints import ROW_COLUMNS, save_fingerprints
@@ -36,14 +37,16 @@ from sinks.sessions import SITE_LOCK_CLASS
 from sinks.visitor_networks import load_networks
 from streams.bots import BotDetector
 from streams.fingerprint import Fingerprint, VisitorNetwork, describe, fingerprint_of_event, from_row, merge
-from streams.rollup import event_contributions, local_date, session_contributions, visitor_change, visitor_days
+from streams.rollup import (event_contributions, local_date, property_values, session_contributions, visitor_change,
+                            visitor_days)
 from streams.sessionize import plan_sessions
 from streams.sites import Site
 
 logger = logging.getLogger(__name__)
 
 _RAW = """
-SELECT id, "timestamp", event_type, event_action, url, referrer, user_agent, visitor_id, session_id, is_bot
+SELECT id, "timestamp", event_type, event_action, url, referrer, user_agent, visitor_id, session_id, is_bot,
+       CASE WHEN event_type <> 'pageview' THEN metadata END AS metadata
   FROM raw_events
  WHERE site = $1 AND "timestamp" >= $2 AND "timestamp" < $3 AND visitor_id <> ''
 """
@@ -230,12 +233,13 @@ def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, 
     def in_range(moment_ms: int) -> bool:
         return first <= local_date(moment_ms, tz) <= last
 
-    for row, flag in zip(rows, flags):
+    properties = _properties(rows)
+    for row, flag, values in zip(rows, flags, properties):
         ts = _ms(row["timestamp"])
-        event_contributions(counts, row["event_type"], row["event_action"], ts, flag, tz)
+        event_contributions(counts, row["event_type"], row["event_action"], ts, flag, tz, values)
         if not in_range(ts):
             negative: Counter = Counter()
-            event_contributions(negative, row["event_type"], row["event_action"], ts, row["is_bot"], tz)
+            event_contributions(negative, row["event_type"], row["event_action"], ts, row["is_bot"], tz, values)
             counts.subtract(negative)
 
     for fingerprint in new_fingerprints:
@@ -244,7 +248,7 @@ def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, 
         if not in_range(_ms(fingerprint["started_at"])):
             session_contributions(counts, dict(fingerprint), tz, -1)
 
-    for old, new in _visitor_states(site, rows, flags, old_fingerprints, new_fingerprints):
+    for old, new in _visitor_states(site, rows, flags, properties, old_fingerprints, new_fingerprints):
         whole: Counter = Counter()
         visitor_change(whole, {}, new)
         change: Counter = Counter()
@@ -258,11 +262,22 @@ def _rollup_counts(site: Site, rows, flags, old_fingerprints, new_fingerprints, 
     return counts
 
 
-def _visitor_states(site: Site, rows, flags, old_fingerprints, new_fingerprints):
+def _properties(rows) -> list[tuple[str, ...]]:
+    """Return each row's property_values; `metadata` is the stored JSON text, or a dict in the dashboard loader."""
+    found = []
+    for row in rows:
+        metadata = row["metadata"]
+        if isinstance(metadata, str):
+            metadata = orjson.loads(metadata)
+        found.append(property_values(row["event_type"], row["event_action"], metadata))
+    return found
+
+
+def _visitor_states(site: Site, rows, flags, properties, old_fingerprints, new_fingerprints):
     """Yield each visitor's visitor_days before and after the rebuild."""
     old_events, new_events = defaultdict(list), defaultdict(list)
-    for row, flag in zip(rows, flags):
-        fact = (row["event_type"], row["event_action"], _ms(row["timestamp"]))
+    for row, flag, values in zip(rows, flags, properties):
+        fact = (row["event_type"], row["event_action"], _ms(row["timestamp"]), values)
         if not row["is_bot"]:
             old_events[row["visitor_id"]].append(fact)
         if not flag:

@@ -20,15 +20,22 @@ the date before. Unique visitors of any range of dates are then exact:
 
 Monthly rows hold the same sums per local month (see monthly_contributions), so a year reads
 twelve rows per value instead of 365.
+
+Custom events also count per property: the dimension "event_property" has one value per event
+name, property key and the property's text (property_values), with events and unique visitors.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from streams.event import PAGEVIEW
 
@@ -50,6 +57,12 @@ ALL_SESSION_DIMENSIONS = SESSION_DIMENSIONS + VISITOR_DIMENSIONS
 # Event dimensions with unique visitors: the page of a pageview, the name of a custom event.
 PAGE = "page"
 EVENT = "event"
+# Custom event properties, one value per (event name, key, text): see property_values.
+PROPERTY = "event_property"
+MAX_PROPERTY_KEYS = 20
+"""Keys rolled up per event, the first in sorted order. Reports read raw events for the others."""
+MAX_PROPERTY_VALUE_CHARS = 1024
+"""The length of dimension_value (varchar(1024)); a longer encoded property is not rolled up."""
 
 
 class RollupKey(NamedTuple):
@@ -87,8 +100,8 @@ _new_key = tuple.__new__
 
 
 def event_contributions(out: Counter, event_type: str, action: str, timestamp_ms: int, is_bot: bool,
-                        timezone_name: str) -> None:
-    """Add one newly stored event's counts to `out`."""
+                        timezone_name: str, properties: tuple[str, ...] = ()) -> None:
+    """Add one newly stored event's counts to `out`; `properties` are its property_values, ignored for bots."""
     if event_type == PAGEVIEW:
         metric, dimension = ("bot_pageviews", None) if is_bot else ("pageviews", "page")
     elif is_bot:
@@ -100,6 +113,55 @@ def event_contributions(out: Counter, event_type: str, action: str, timestamp_ms
     out[_new_key(RollupKey, (DAILY, day, metric, None, None))] += 1
     if dimension is not None:
         out[_new_key(RollupKey, (DAILY, day, metric, dimension, action[:1024]))] += 1
+    for value in properties:
+        out[_new_key(RollupKey, (DAILY, day, metric, PROPERTY, value))] += 1
+
+
+def property_values(event_type: str, action: str, props: dict[str, Any] | None) -> tuple[str, ...]:
+    """Return the "event_property" values of one event: a JSON array [name, key, text] per property.
+
+    The text is what `coalesce(metadata ->> key, '')` returns in PostgreSQL for the stored props,
+    so a report can group by it as the raw query does. Pageviews have none. A property is left
+    out when its value is an object or an array, when its key is not among the first
+    MAX_PROPERTY_KEYS in sorted order, or when its encoded array is longer than
+    MAX_PROPERTY_VALUE_CHARS.
+    Reports notice the events missing from a key's values and read raw events instead.
+    """
+    if event_type == PAGEVIEW or not props:
+        return ()
+    values = []
+    for key in sorted(props)[:MAX_PROPERTY_KEYS]:
+        text = _property_text(props[key])
+        if text is None:
+            continue
+        value = orjson.dumps([action, key, text]).decode()
+        if len(value) <= MAX_PROPERTY_VALUE_CHARS:
+            values.append(value)
+    return tuple(values)
+
+
+def property_prefix(action: str, key: str) -> str:
+    """Return the start that every property_values value of this event name and key has, and no other."""
+    return orjson.dumps([action, key]).decode()[:-1] + ","
+
+
+def _property_text(value: Any) -> str | None:
+    """Return the text of a JSON value as PostgreSQL's `->>` prints it after orjson stored it; None for objects and arrays."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""  # orjson writes NaN and infinities as null
+        # jsonb keeps the decimal orjson wrote, with its digits after the point, and has no -0.
+        number = Decimal(orjson.dumps(value).decode())
+        return format(number.copy_abs() if number == 0 else number, "f")
+    if isinstance(value, str):
+        return value
+    return None
 
 
 def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int) -> None:
@@ -134,20 +196,23 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
 def visitor_days(events, sessions, timezone_name: str, session_pairs: dict | None = None) -> dict[date, set]:
     """Return the (dimension, value) pairs one visitor counts under on each local date.
 
-    `events` are (event_type, action, timestamp_ms) of the visitor's human events, `sessions` its
-    fingerprint rows (bot sessions are skipped). On each local date with an event, the visitor
-    counts once in the total (the pair (None, None)) and once per page and custom event name.
+    `events` are (event_type, action, timestamp_ms, property_values) of the visitor's human events,
+    `sessions` its fingerprint rows (bot sessions are skipped). On each local date with an event,
+    the visitor counts once in the total (the pair (None, None)) and once per page, custom event
+    name and custom event property.
     It also counts once per value of every session dimension among the sessions that started
     that date. `session_pairs` caches each session row's pairs by the row's id(), for callers
     that pass the same row objects to several calls.
     """
     days: dict[date, set] = {}
-    for event_type, action, timestamp_ms in events:
+    for event_type, action, timestamp_ms, properties in events:
         day = local_date(timestamp_ms, timezone_name)
         values = days.get(day)
         if values is None:
             values = days[day] = {(None, None)}
         values.add((PAGE if event_type == PAGEVIEW else EVENT, action[:1024]))
+        for value in properties:
+            values.add((PROPERTY, value))
     for row in sessions:
         if row["is_bot"]:
             continue

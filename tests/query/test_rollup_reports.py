@@ -4,7 +4,8 @@ Seven weeks of generated traffic on three sites (UTC, UTC+5:30, New York with th
 daylight saving time) go through the real processor in shuffled, duplicated batches. Visitors
 active across local midnight make the overlap rows matter. September and October are closed
 halfway through the feed, so later batches add to closed months, and ranges with and without
-whole months read monthly rows.
+whole months read monthly rows. Custom events carry properties of every JSON type, some keys on
+every event of a name and some on a few only.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import random
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
-from query import reports
+from query import reports, rollup_reports
 from query.dimensions import AUDIENCE, NETWORK, TRAFFIC
 from query.period import instants, whole_days
 from query.scope import Scope
@@ -25,6 +27,7 @@ from sinks.rollups import refresh_months
 from sinks.sites import upsert_site
 from streams.event import Event
 from streams.ids import stable_event_id
+from streams.rollup import MAX_PROPERTY_KEYS, property_prefix, property_values
 from streams.sites import Site
 from tests.sinks.test_derived import feed, processor, shuffled_batches  # noqa: F401  (processor is a fixture)
 
@@ -47,6 +50,13 @@ AGENTS = (
 ADDRESSES = ("8.8.8.8", "81.2.69.160", "2001:4860:4860::8888", "1.1.1.1")
 REFERRERS = (None, "https://www.google.com/", "https://news.ycombinator.com/item?id=1", "https://example.org/a")
 PATHS = ("/", "/pricing", "/docs", "/docs/start", "/blog/one", "/blog/two")
+# Every signup has "plan" and every download "size", so their breakdowns read the rollups. The
+# other keys are on some events only (or not rolled up: an object, a value over 1024
+# characters), so their breakdowns read raw events. The int 10 and the string "10" share a text.
+SIGNUP_PROPS = ({"plan": "free"}, {"plan": "pro", "seats": 3}, {"plan": None}, {"plan": ""},
+                {"plan": "Pro", "seats": 2.0, "trial": True})
+DOWNLOAD_PROPS = ({"size": 10}, {"size": "10"}, {"size": 2.5, "meta": {"a": [1, 2]}}, {"size": 1e-7},
+                  {"size": -0.0}, {"size": 1e16, "note": "x" * 1100}, {"size": False}, {"size": "é\n\"q\""})
 MINUTE_MS = 60_000
 
 
@@ -74,9 +84,10 @@ def traffic(site: Site, rng: random.Random) -> list[Event]:
                                          agent, address, referrer))
                     referrer = None
                     if rng.random() < 0.2:
-                        events.append(_event(site, visitor, midnight_ms + minute * MINUTE_MS + 1000,
-                                             rng.choice(("signup", "download")), agent, address, None,
-                                             props={"plan": rng.choice(("free", "pro"))}))
+                        name = rng.choice(("signup", "download"))
+                        props = rng.choice(SIGNUP_PROPS if name == "signup" else DOWNLOAD_PROPS)
+                        events.append(_event(site, visitor, midnight_ms + minute * MINUTE_MS + 1000, name, agent,
+                                             address, None, props=dict(props)))
                     minute += rng.randint(1, 12)
                 minute += rng.randint(35, 120)
         bot = f"{site.domain}-{day}-bot"
@@ -141,7 +152,11 @@ async def answers(db, scope: Scope) -> dict:
         "events": await reports.custom_events(db, scope, None, None, 1000, 0),
         "signup": await reports.custom_events(db, scope, "signup", None, 1000, 0),
         "government": await reports.government_share(db, scope),
+        "every event by plan": await reports.custom_events(db, scope, None, "plan", 1000, 0),
     }
+    for event, key in PROPERTY_BREAKDOWNS:
+        found[f"{event} by {key}"] = await reports.custom_events(db, scope, event, key, 1000, 0)
+        found[f"{event} by {key}, second page"] = await reports.custom_events(db, scope, event, key, 2, 1)
     for dimension in (*TRAFFIC, *AUDIENCE, *NETWORK):
         found[dimension] = await reports.session_breakdown(db, scope, dimension, 1000, 0)
         # Paging cuts through ties, which the rollup path's two reads must keep in order.
@@ -149,6 +164,10 @@ async def answers(db, scope: Scope) -> dict:
     for interval in ("day", "week", "month"):
         found[interval] = await timeseries(db, scope, interval)
     return found
+
+
+PROPERTY_BREAKDOWNS = (("signup", "plan"), ("download", "size"), ("signup", "seats"), ("download", "meta"),
+                       ("download", "note"), ("signup", "size"))
 
 
 @pytest.mark.parametrize("site", SITES, ids=[s.timezone for s in SITES])
@@ -188,3 +207,55 @@ async def test_closed_months_stay_sums_of_days(loaded, db):
     assert [tuple(row) for row in await db.fetch(query)] == written
     assert {row[1] for row in written} == {date(2026, 9, 1), date(2026, 10, 1)}
     assert await close_month(db, "in.example", date(2026, 9, 1)) is False
+
+
+async def test_property_breakdowns_read_rollups_when_complete(loaded, db):
+    """A key on every event of a name reads the rollups, and every rollup answer equals the raw one."""
+    for site in SITES:
+        values_found = 0
+        left_to_raw = 0
+        for first, last in RANGES:
+            rolled, raw = scopes(site, first, last)
+            for event, key in PROPERTY_BREAKDOWNS:
+                where = f"{site.domain} {first}..{last} {event} by {key}"
+                found = await rollup_reports.property_breakdown(db, rolled, event, key, 1000, 0)
+                if (event, key) in {("signup", "plan"), ("download", "size")}:
+                    assert found is not None, where
+                if found is None:
+                    left_to_raw += 1
+                else:
+                    assert found == await reports.custom_events(db, raw, event, key, 1000, 0), where
+                    values_found += len(found)
+        # A single day may have no download, but the ranges together have every text of both keys.
+        assert values_found > 2 * (len(SIGNUP_PROPS) + len(DOWNLOAD_PROPS)), site.domain
+        # Keys on some events only, objects and long values leave most of their breakdowns to raw events.
+        assert left_to_raw > 3 * len(RANGES), site.domain
+
+
+async def test_property_texts_match_postgresql(db):
+    """property_values groups by the text that `coalesce(metadata ->> key, '')` gives for orjson's JSON."""
+    props = {"s": "é\n\"q\"", "i": -12, "big": 18446744073709551615, "f": 2.5, "tiny": 1e-7, "huge": 1.5e300,
+             "whole": 100.0, "exp": 1e16, "neg_zero": -0.0, "nan": float("nan"), "t": True, "n": None, "e": ""}
+    stored = orjson.dumps(props).decode()
+    expected = {key: await db.fetchval("SELECT coalesce($1::jsonb ->> $2, '')", stored, key) for key in props}
+
+    values = property_values("event", "buy", props)
+
+    assert dict(orjson.loads(value)[1:] for value in values) == expected
+    assert values == tuple(orjson.dumps(["buy", key, expected[key]]).decode() for key in sorted(props))
+    read_back = await db.fetchval("SELECT $1::jsonb::text", stored)
+    assert property_values("event", "buy", orjson.loads(read_back)) == values
+
+
+def test_property_values_caps():
+    props = {f"k{number:02}": number for number in range(MAX_PROPERTY_KEYS + 2)}
+    props["k00"] = "x" * 1100
+    props["k01"] = {"nested": 1}
+    props["k02"] = [1]
+
+    values = property_values("event", "buy", props)
+
+    assert [orjson.loads(value)[1] for value in values] == [f"k{number:02}" for number in range(3, MAX_PROPERTY_KEYS)]
+    assert property_values("pageview", "/", {"plan": "pro"}) == ()
+    assert property_prefix("buy", "k03") == '["buy","k03",'
+    assert values[0] == '["buy","k03","3"]'

@@ -5,7 +5,8 @@ Seven zones get traffic: both daylight-saving changes of New York and London, +5
 visitors have sessions that change browser and network and hold a bot event. Some custom
 events are named like pages.
 
-Two processors feed shuffled, duplicated batches while months close. Every report, paged too,
+Signups carry a plan, so their property rows are rolled up and replayed too. Two processors
+feed shuffled, duplicated batches while months close. Every report, paged too,
 must then return what the raw tables return. A replay over parts of closed months must leave
 every derived table as it was.
 """
@@ -55,6 +56,7 @@ ADDRESSES = ("8.8.8.8", "81.2.69.160", "2001:4860:4860::8888", "1.1.1.1", "10.1.
 REFERRERS = (None, "https://www.google.com/", "https://news.ycombinator.com/item?id=1", "https://example.org/a",
              "/?utm_source=Direct")
 PATHS = ("/", "/a", "/b", "/c")
+PLANS = ("free", "pro")
 MINUTE = 60_000
 NETWORKS = ('SELECT session_id, country, region, city, asn, org, "orgType", "isGovernment", "responseTier", '
             "screen_size FROM session_fingerprints ORDER BY 1")
@@ -77,7 +79,7 @@ def local_midnights(site: Site, utc_day: date) -> list[int]:
 
 
 def event(site: Site, visitor: str, ts: int, action: str, agent: str, address: str, referrer: str | None,
-          kind: str | None = None) -> Event:
+          kind: str | None = None, props: dict | None = None) -> Event:
     kind = kind or ("pageview" if action.startswith("/") and referrer != "event" else action)
     url = None
     if kind == "pageview":
@@ -87,7 +89,7 @@ def event(site: Site, visitor: str, ts: int, action: str, agent: str, address: s
             referrer = None
     return Event(id=str(stable_event_id(site.domain, f"{visitor}:{ts}:{action}:{kind}", ts)), site=site.domain,
                  type=kind, action=action, timestamp_ms=ts, received_ms=ts, visitor_id=visitor, url=url,
-                 referrer=referrer if kind == "pageview" else None, user_agent=agent, ip=address, props={})
+                 referrer=referrer if kind == "pageview" else None, user_agent=agent, ip=address, props=props or {})
 
 
 def traffic(site: Site, rng: random.Random) -> list[Event]:
@@ -112,7 +114,8 @@ def traffic(site: Site, rng: random.Random) -> list[Event]:
                     events.append(event(site, visitor, ts, rng.choice(PATHS), agent, address,
                                         rng.choice(REFERRERS) if view == 0 else None))
                     if rng.random() < 0.3:
-                        events.append(event(site, visitor, ts + 500, "/a", agent, address, None, kind="signup"))
+                        events.append(event(site, visitor, ts + 500, "/a", agent, address, None, kind="signup",
+                                            props={"plan": PLANS[number % 2]}))
                     if number == 2 and view == 0:
                         events.append(event(site, visitor, ts + 700, "/bot", BOT, address, None))
                     ts += rng.randint(1, 10) * MINUTE
@@ -138,6 +141,7 @@ async def answers(db, scope: Scope) -> dict:
         "exit": await reports.session_pages(db, scope, "exit", 1000, 0),
         "events": await reports.custom_events(db, scope, None, None, 1000, 0),
         "signup": await reports.custom_events(db, scope, "signup", None, 1000, 0),
+        "signup by plan": await reports.custom_events(db, scope, "signup", "plan", 1000, 0),
         "government": await reports.government_share(db, scope),
     }
     for limit, offset in ((1, 0), (1, 1), (2, 1), (3, 2)):
