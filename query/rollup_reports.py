@@ -138,6 +138,25 @@ async def totals(conn: asyncpg.Connection, scope: Scope) -> dict[str, int]:
     return found
 
 
+# Each closed month's values with the highest `metric`, through idx_monthly_metrics_value.
+_MONTH_LEADERS = """
+SELECT m.month, t.dimension_value, t.value
+  FROM unnest($4::date[]) AS m(month)
+ CROSS JOIN LATERAL (SELECT dimension_value, value FROM monthly_metrics
+                      WHERE site = $1 AND dimension_key = $2 AND metric_name = $3 AND month = m.month
+                      ORDER BY value DESC LIMIT $5) AS t
+"""
+
+_DATE_SUMS = """
+SELECT dimension_value, sum(value)::bigint AS total FROM daily_metrics
+ WHERE site = $1 AND dimension_key = $2 AND metric_name = $3 AND date = ANY($4::date[])
+ GROUP BY 1
+"""
+
+# Values read from each closed month by _bounded_leaders, per row the report shows.
+LEADERS_PER_ROW = 2
+
+
 async def _leading_values(conn: asyncpg.Connection, scope: Scope, key: str, rank: str, rank_metrics: tuple[str, ...],
                           count: int, displayed: str = "dimension_value", exclude_empty: bool = False) -> list[str]:
     """Return the stored values of `key` that can reach the first `count` rows of a report ranked by `rank`.
@@ -145,7 +164,14 @@ async def _leading_values(conn: asyncpg.Connection, scope: Scope, key: str, rank
     A high-cardinality dimension (cities, networks, pages) has hundreds of thousands of rows a
     year. Reading only the ranking metric first, then every metric of the leading values, reads
     a fraction of them. Values tied with the `count`-th stay in, so the final order is exact.
+    `rank_metrics[0]` summed over the pieces must be at least `rank` for every value.
     """
+    if displayed == "dimension_value":
+        pieces = await split(conn, scope.site, scope.period.first, scope.period.last)
+        if pieces.months:
+            found = await _bounded_leaders(conn, scope, pieces, key, rank, rank_metrics, count, exclude_empty)
+            if found is not None:
+                return found
     empty = "AND dimension_value <> '' " if exclude_empty else ""
     rows = await conn.fetch(
         f"WITH ranked AS (SELECT {displayed} AS value, {rank} AS rank FROM ({_pieces_sql('dimension_key = $6')}) AS r "
@@ -154,6 +180,49 @@ async def _leading_values(conn: asyncpg.Connection, scope: Scope, key: str, rank
         "LIMIT 1 OFFSET $7 - 1), rank)",
         *await _args(conn, scope, rank_metrics), key, max(count, 1))
     return [row["value"] for row in rows]
+
+
+async def _bounded_leaders(conn: asyncpg.Connection, scope: Scope, pieces: Pieces, key: str, rank: str,
+                           rank_metrics: tuple[str, ...], count: int, exclude_empty: bool) -> list[str] | None:
+    """Rank from each closed month's leading values; return None when they cannot settle the ranking.
+
+    Ranking every value of a year groups tens of thousands of values over a dozen months. Here
+    the candidates are the values among the first LEADERS_PER_ROW * count of some closed month
+    by `rank_metrics[0]`. A value outside every month's list has at most the last listed value
+    in each month, plus its sum over the loose dates. When that bound stays below the
+    `count`-th exact rank of the candidates, no other value can reach the report or tie.
+
+    NOTE: the loose dates are read whole, so near the end of a month a year reads up to 30
+    days of daily rows of the dimension.
+    """
+    metric = rank_metrics[0]
+    count = max(count, 1)
+    depth = LEADERS_PER_ROW * count
+    leaders = await conn.fetch(_MONTH_LEADERS, scope.site, key, metric, pieces.months, depth)
+    candidates: set[str] = set()
+    listed: dict[date, list[int]] = {}
+    for row in leaders:
+        listed.setdefault(row["month"], []).append(row["value"])
+        if not (exclude_empty and row["dimension_value"] == ""):
+            candidates.add(row["dimension_value"])
+    # A month with fewer rows than `depth` listed all of them, so other values have none there.
+    months_bound = sum(min(values) for values in listed.values() if len(values) == depth)
+
+    dates_bound = 0
+    if pieces.dates:
+        for row in await conn.fetch(_DATE_SUMS, scope.site, key, metric, pieces.dates):
+            value = row["dimension_value"]
+            if value not in candidates and not (exclude_empty and value == ""):
+                dates_bound = max(dates_bound, row["total"])
+
+    rows = await conn.fetch(
+        f"SELECT dimension_value AS value, {rank} AS rank FROM ({_pieces_sql('dimension_key = $6', '$7')}) AS r "
+        "GROUP BY 1",
+        scope.site, pieces.first, pieces.dates, pieces.months, list(rank_metrics), key, sorted(candidates))
+    ranks = sorted((row["rank"] for row in rows), reverse=True)
+    if len(ranks) < count or months_bound + dates_bound >= ranks[count - 1]:
+        return None
+    return [row["value"] for row in rows if row["rank"] >= ranks[count - 1]]
 
 
 async def top_pages(conn: asyncpg.Connection, scope: Scope, limit: int, offset: int) -> list[dict]:

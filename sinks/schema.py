@@ -200,6 +200,10 @@ MONTHLY_METRICS = Table(
             unique=True,
             nulls_not_distinct=True,
         ),
+        # A breakdown over closed months reads each month's values with the highest count of its
+        # ranking metric (query.rollup_reports._bounded_leaders) instead of grouping every value.
+        Index("idx_monthly_metrics_value", ("site", "dimension_key", "metric_name", "month", "value"),
+              include=("dimension_value",)),
     ),
     derived=True,
     notes=("daily_metrics summed per site-local month (`month` is its first date), so long ranges read a row per",

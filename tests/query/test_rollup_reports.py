@@ -259,3 +259,37 @@ def test_property_values_caps():
     assert property_values("pageview", "/", {"plan": "pro"}) == ()
     assert property_prefix("buy", "k03") == '["buy","k03",'
     assert values[0] == '["buy","k03","3"]'
+
+
+async def test_month_leaders_settle_or_defer(loaded, db, monkeypatch):
+    """Ranking from each closed month's leading values gives the full ranking's rows, or defers to it."""
+    monkeypatch.setattr(rollup_reports, "LEADERS_PER_ROW", 1)
+    outcomes = []
+    bounded = rollup_reports._bounded_leaders
+
+    async def recording(*args, **kwargs):
+        found = await bounded(*args, **kwargs)
+        outcomes.append(found is not None)
+        return found
+
+    monkeypatch.setattr(rollup_reports, "_bounded_leaders", recording)
+    for site in SITES:
+        for first, last in RANGES:
+            rolled, raw = scopes(site, first, last)
+            for limit, offset in ((1, 0), (2, 1), (3, 3), (25, 0)):
+                where = f"{site.domain} {first}..{last} {limit} {offset}"
+                for dimension in ("city", "referrer", "browser", "entry_page", "asn"):
+                    assert (await reports.session_breakdown(db, rolled, dimension, limit, offset)
+                            == await reports.session_breakdown(db, raw, dimension, limit, offset)), f"{where} {dimension}"
+                assert (await reports.top_pages(db, rolled, limit, offset)
+                        == await reports.top_pages(db, raw, limit, offset)), f"{where} top"
+                assert (await reports.session_pages(db, rolled, "exit", limit, offset)
+                        == await reports.session_pages(db, raw, "exit", limit, offset)), f"{where} exit"
+                assert (await reports.custom_events(db, rolled, None, None, limit, offset)
+                        == await reports.custom_events(db, raw, None, None, limit, offset)), f"{where} events"
+
+    if loaded == "open months":
+        assert outcomes == []
+    else:
+        assert outcomes.count(True) > 10
+        assert outcomes.count(False) > 10
