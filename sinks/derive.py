@@ -22,7 +22,7 @@ from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
 from streams.rollup import (ALL_SESSION_DIMENSIONS, event_contributions, local_date, monthly_contributions,
-                            property_values, session_contributions, visitor_change, visitor_days)
+                            property_values, session_change, visitor_change, visitor_days)
 from streams.sites import Site
 
 
@@ -131,10 +131,7 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
         rows[session_id] = describe(merged, hosts)
 
     for session_id in {*targets, *renames}:
-        if session_id in stored:
-            session_contributions(counts, stored[session_id], site.timezone, -1)
-    for row in rows.values():
-        session_contributions(counts, row, site.timezone, +1)
+        session_change(counts, stored.get(session_id), rows.get(session_id), site.timezone)
 
     await delete_fingerprints(conn, site.domain, sorted(s for s in renames if s in stored))
     await save_fingerprints(conn, list(rows.values()))

@@ -172,12 +172,7 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
     if row["is_bot"]:
         return
     hour, day = _buckets(int(row["started_at"].timestamp() * 1000), timezone_name)
-    counts = [("sessions", sign)]
-    if row["is_bounce"]:
-        counts.append(("bounces", sign))
-    duration = sign * int(row["duration_s"])
-    if duration:
-        counts.append(("session_duration_s", duration))
+    counts = _session_counts(row, sign)
 
     # out.get instead of `out[key] += value`: Counter's __missing__ is a Python call for every new key.
     get = out.get
@@ -191,6 +186,57 @@ def session_contributions(out: Counter, row: dict, timezone_name: str, sign: int
         for metric, value in counts:
             key = _new_key(RollupKey, (DAILY, day, metric, dimension, text))
             out[key] = get(key, 0) + value
+
+
+def session_change(out: Counter, old, new, timezone_name: str) -> None:
+    """Add the change from fingerprint row `old` to `new` of one session; either may be None.
+
+    Equal to session_contributions(old, -1) plus session_contributions(new, +1), but a session
+    that keeps its start and its dimension values (most sessions gaining an event) only moves
+    its bounce and duration, so it touches no key whose count does not change.
+    """
+    if old is None or new is None or old["is_bot"] or new["is_bot"] or old["started_at"] != new["started_at"]:
+        if old is not None:
+            session_contributions(out, old, timezone_name, -1)
+        if new is not None:
+            session_contributions(out, new, timezone_name, +1)
+        return
+    bounce = int(bool(new["is_bounce"])) - int(bool(old["is_bounce"]))
+    duration = int(new["duration_s"]) - int(old["duration_s"])
+    hour, day = _buckets(int(new["started_at"].timestamp() * 1000), timezone_name)
+    get = out.get
+    moved = [(metric, value) for metric, value in (("bounces", bounce), ("session_duration_s", duration)) if value]
+    for metric, value in moved:
+        key = _new_key(RollupKey, (HOURLY, hour, metric, None, None))
+        out[key] = get(key, 0) + value
+        key = _new_key(RollupKey, (DAILY, day, metric, None, None))
+        out[key] = get(key, 0) + value
+
+    # A dimension whose value changed (a session's exit page) moves the whole session between values.
+    old_counts = _session_counts(old, -1)
+    new_counts = _session_counts(new, +1)
+    for dimension in ALL_SESSION_DIMENSIONS:
+        before, after = _dimension_text(old.get(dimension)), _dimension_text(new.get(dimension))
+        if before == after:
+            for metric, value in moved:
+                key = _new_key(RollupKey, (DAILY, day, metric, dimension, after))
+                out[key] = get(key, 0) + value
+            continue
+        for text, counts in ((before, old_counts), (after, new_counts)):
+            for metric, value in counts:
+                key = _new_key(RollupKey, (DAILY, day, metric, dimension, text))
+                out[key] = get(key, 0) + value
+
+
+def _session_counts(row, sign: int) -> list[tuple[str, int]]:
+    """Return the (metric, signed count) pairs that one human session adds to each of its rows."""
+    counts = [("sessions", sign)]
+    if row["is_bounce"]:
+        counts.append(("bounces", sign))
+    duration = sign * int(row["duration_s"])
+    if duration:
+        counts.append(("session_duration_s", duration))
+    return counts
 
 
 def visitor_days(events, sessions, timezone_name: str, session_pairs: dict | None = None) -> dict[date, set]:
