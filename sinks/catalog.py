@@ -95,6 +95,8 @@ class ActualTable:
     compression_policy: timedelta | None = None
     """TimescaleDB compression policy (`compress_after`), None when there is none."""
     partman: PartmanConfig | None = None
+    fillfactor: int | None = None
+    """The fillfactor storage parameter, None when the table has none (PostgreSQL's 100)."""
 
     @property
     def default_partition(self) -> PartitionRange | None:
@@ -129,7 +131,8 @@ _TABLES_SQL = """
 SELECT c.relname, c.relkind,
        (SELECT a.attname FROM pg_partitioned_table p
           JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
-         WHERE p.partrelid = c.oid) AS partitioned_by
+         WHERE p.partrelid = c.oid) AS partitioned_by,
+       (SELECT split_part(o, '=', 2)::int FROM unnest(c.reloptions) AS o WHERE o LIKE 'fillfactor=%') AS fillfactor
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY($1::text[])
@@ -233,7 +236,8 @@ async def read_catalog(conn: asyncpg.Connection, table_names: list[str], index_n
     """
     tables: dict[str, ActualTable] = {}
     for row in await conn.fetch(_TABLES_SQL, table_names):
-        tables[row["relname"]] = ActualTable(row["relname"], partitioned_by=row["partitioned_by"])
+        tables[row["relname"]] = ActualTable(row["relname"], partitioned_by=row["partitioned_by"],
+                                             fillfactor=row["fillfactor"])
 
     for row in await conn.fetch(_COLUMNS_SQL, table_names):
         table = tables.get(row["relname"])

@@ -60,7 +60,14 @@ def create_table_sql(table: Table, use_timescaledb: bool) -> str:
     sql = f"CREATE TABLE IF NOT EXISTS {quote_ident(table.name)} (\n    {body}\n)"
     if table.partition_column and not use_timescaledb:
         sql += f" PARTITION BY RANGE ({quote_ident(table.partition_column)})"
+    elif table.fillfactor is not None:
+        sql += f" WITH (fillfactor = {table.fillfactor})"
     return sql
+
+
+def set_fillfactor_sql(table: Table) -> str:
+    """Return the ALTER TABLE that gives `table` its declared fillfactor; it applies to pages filled from then on."""
+    return f"ALTER TABLE {quote_ident(table.name)} SET (fillfactor = {table.fillfactor})"
 
 
 def create_index_sql(table: Table, index: Index, concurrently: bool = False, per_chunk: bool = False) -> str:

@@ -17,7 +17,7 @@ import asyncpg
 
 from sinks import layout, timescale
 from sinks.catalog import ActualIndex, ActualTable, Catalog, read_catalog
-from sinks.ddl import Change, Drift, Plan, create_index_sql, create_table_sql
+from sinks.ddl import Change, Drift, Plan, create_index_sql, create_table_sql, set_fillfactor_sql
 from sinks.schema import TABLES, Column, Index, Table, quote_ident
 
 __all__ = ["Change", "Drift", "GUARD_LOCK_ID", "Plan", "apply_changes", "create_index_sql", "create_table_sql",
@@ -83,6 +83,8 @@ def _plan_existing_table(plan: Plan, table: Table, actual: ActualTable, catalog:
     for column in table.columns:
         _plan_column(plan, table, column, actual)
     _plan_primary_key(plan, table, actual)
+    if table.fillfactor is not None and actual.fillfactor != table.fillfactor and not actual.partitioned_by:
+        plan.change(table.name, f"set fillfactor of {table.name} to {table.fillfactor}", set_fillfactor_sql(table))
     for index in table.indexes:
         _plan_index(plan, table, index, actual, catalog)
     layout.plan_layout(plan, table, actual, catalog, retention_days)

@@ -69,6 +69,12 @@ class Table:
     """Compression of old chunks on TimescaleDB. Plain PostgreSQL keeps its partitions uncompressed."""
     derived: bool = False
     """Written by the processor from raw events; its freshness is measured and reported."""
+    fillfactor: int | None = None
+    """Percent of each heap page that inserts fill (PostgreSQL's storage parameter); None keeps 100.
+
+    Room left on a page lets an update that changes no indexed column stay on that page (a HOT
+    update), which writes no index entries. Only for tables that are not partitioned.
+    """
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def column(self, name: str) -> Column:
@@ -160,6 +166,9 @@ AGGREGATED_METRICS = Table(
         ),
     ),
     derived=True,
+    # Every batch adds to the same few rows (the totals of the current hour), and none of the
+    # columns it updates is indexed: room for new versions keeps those updates HOT.
+    fillfactor=50,
 )
 
 DAILY_METRICS = Table(
@@ -273,6 +282,9 @@ SESSION_FINGERPRINTS = Table(
         Index("idx_session_fingerprints_visitor", ("visitor_id",)),
     ),
     derived=True,
+    # A session's row is updated by every batch holding its events; started_at rarely changes and
+    # no other updated column is indexed, so room for two or three new versions keeps them HOT.
+    fillfactor=70,
 )
 
 DAILY_VISITORS = Table(

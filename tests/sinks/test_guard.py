@@ -308,3 +308,30 @@ async def test_index_name_taken_elsewhere_is_drift(db):
         "index idx_session_fingerprints_visitor cannot be created: the name is taken by an index of visitors_archive",
         "ALTER INDEX idx_session_fingerprints_visitor RENAME TO idx_session_fingerprints_visitor_visitors_archive;\n"
         "-- then run `weir schema apply`")]
+
+
+async def _fillfactors(db) -> dict[str, list[str] | None]:
+    rows = await db.fetch("SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1::text[])",
+                          ["aggregated_metrics", "session_fingerprints", "daily_metrics"])
+    return {r["relname"]: r["reloptions"] for r in rows}
+
+
+async def test_new_tables_get_their_fillfactor(db):
+    await run_guard(db, timescaledb="off")
+
+    assert await _fillfactors(db) == {"aggregated_metrics": ["fillfactor=50"],
+                                      "session_fingerprints": ["fillfactor=70"], "daily_metrics": None}
+
+
+async def test_table_without_its_fillfactor_gets_it_once(db):
+    await run_guard(db, timescaledb="off")
+    await db.execute("ALTER TABLE session_fingerprints RESET (fillfactor)")
+    await db.execute("ALTER TABLE aggregated_metrics SET (fillfactor = 90)")
+
+    plan = await run_guard(db, timescaledb="off")
+    again = await run_guard(db, timescaledb="off")
+
+    assert sorted(c.description for c in plan.changes) == ["set fillfactor of aggregated_metrics to 50",
+                                                          "set fillfactor of session_fingerprints to 70"]
+    assert again.changes == []
+    assert (await _fillfactors(db))["session_fingerprints"] == ["fillfactor=70"]
