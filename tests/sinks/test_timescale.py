@@ -71,7 +71,7 @@ def timescale_catalog(version: str = "2.14.2", **tables: ActualTable) -> Catalog
 
 def as_created(table: Table, **layout) -> ActualTable:
     """The catalog's view of `table` exactly as the declaration creates it, plus `layout` fields."""
-    actual = ActualTable(table.name, primary_key=table.primary_key, **layout)
+    actual = ActualTable(table.name, primary_key=table.primary_key, fillfactor=table.fillfactor, **layout)
     for column in table.columns:
         actual.columns[column.name] = ActualColumn(column.name, column.type, column.nullable, column.default)
     for index in table.indexes:
