@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from ingest.body import RequestRejected, check_content_type, parse_json, read_body
-from ingest.intake import INTAKE_KEY, JSON_HEADERS, event_route, json_response
+from ingest.intake import INTAKE_KEY, JSON_HEADERS, event_route, header_text, json_response
 from ingest.validate import InvalidEvent, parse_timestamp
 
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -106,7 +106,7 @@ def _pixel_item(request: web.Request) -> dict[str, Any]:
                                   f"query parameter props is not JSON: {error.msg} at character {error.pos}") from None
     # An <img> request carries the page that shows it as its Referer.
     if "url" not in item and "path" not in item and request.headers.get("Referer"):
-        item["url"] = request.headers["Referer"]
+        item["url"] = header_text(request.headers["Referer"])
     return item
 
 

@@ -66,7 +66,7 @@ class Intake:
         return RequestContext(
             received_ms=int(time.time() * 1000),
             ip=client_ip(request.remote, forwarded, x_forwarded_for, self.trusted_proxies),
-            user_agent=headers.get("User-Agent"),
+            user_agent=header_text(headers.get("User-Agent")),
             **options,
         )
 
@@ -167,6 +167,17 @@ def _received(event_type: str) -> Any:
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def header_text(value: str | None) -> str | None:
+    """Return a header's value with invalid UTF-8 bytes replaced by U+FFFD.
+
+    aiohttp decodes header bytes as UTF-8 with surrogateescape, so an invalid byte arrives as a
+    lone surrogate, which can be neither hashed into a visitor id nor written to the stream.
+    """
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def json_response(body: object, status: int, headers: dict | None = None) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import random
 import time
@@ -194,6 +195,38 @@ async def test_lone_surrogate_escapes_replaced(http, collector, redis_client):
     assert event.url == "https://example.com/\ufffd"
     assert event.props == {"k\ufffd": "\ufffdx"}
     assert event.referrer == "https://r.example/\U0001F600"
+
+
+async def raw_request(collector, head: bytes, body: bytes = b"") -> bytes:
+    """Send raw request bytes, such as invalid UTF-8 in headers, and return the status line."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("extra", [{}, {"anonymous_id": "sdk-user-1"}])
+async def test_user_agent_invalid_utf8_replaced(collector, redis_client, extra):
+    body = orjson.dumps({"site": "example.com", "url": "https://example.com/a", **extra})
+    head = (b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
+            b"User-Agent: Mozilla/5.0 \xff\xed\xa0\x80x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+
+    assert await raw_request(collector, head, body) == b"HTTP/1.1 202 Accepted"
+    [event] = await stream_events(redis_client)
+    assert event.user_agent == "Mozilla/5.0 \ufffd\ufffd\ufffd\ufffdx"
+
+
+async def test_pixel_referer_invalid_utf8_replaced(collector, redis_client):
+    head = (b"GET /collect?site=example.com HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0\r\n"
+            b"Referer: https://example.com/caf\xe9\r\nConnection: close\r\n\r\n")
+
+    assert await raw_request(collector, head) == b"HTTP/1.1 200 OK"
+    [event] = await stream_events(redis_client)
+    assert event.url == "https://example.com/caf\ufffd"
+    assert event.action == "/caf\ufffd"
 
 
 async def test_minimal_lone_surrogate_body_not_5xx(http, collector):
