@@ -63,6 +63,9 @@ MAX_PROPERTY_KEYS = 20
 """Keys rolled up per event, the first in sorted order. Reports read raw events for the others."""
 MAX_PROPERTY_VALUE_CHARS = 1024
 """The length of dimension_value (varchar(1024)); a longer encoded property is not rolled up."""
+MAX_PROPERTY_VALUE_BYTES = 2048
+"""The UTF-8 size past which an encoded property is not rolled up. A btree index row is at most
+2704 bytes, and the unique indexes put dimension_value in one row with the site and names."""
 
 
 class RollupKey(NamedTuple):
@@ -123,8 +126,8 @@ def property_values(event_type: str, action: str, props: dict[str, Any] | None) 
     The text is what `coalesce(metadata ->> key, '')` returns in PostgreSQL for the stored props,
     so a report can group by it as the raw query does. Pageviews have none. A property is left
     out when its value is an object or an array, when its key is not among the first
-    MAX_PROPERTY_KEYS in sorted order, or when its encoded array is longer than
-    MAX_PROPERTY_VALUE_CHARS.
+    MAX_PROPERTY_KEYS in sorted order, or when its encoded array is too long. The limits are
+    MAX_PROPERTY_VALUE_CHARS characters and MAX_PROPERTY_VALUE_BYTES bytes of UTF-8.
     Reports notice the events missing from a key's values and read raw events instead.
     """
     if event_type == PAGEVIEW or not props:
@@ -135,7 +138,7 @@ def property_values(event_type: str, action: str, props: dict[str, Any] | None) 
         if text is None:
             continue
         value = orjson.dumps([action, key, text]).decode()
-        if len(value) <= MAX_PROPERTY_VALUE_CHARS:
+        if len(value) <= MAX_PROPERTY_VALUE_CHARS and (value.isascii() or len(value.encode()) <= MAX_PROPERTY_VALUE_BYTES):
             values.append(value)
     return tuple(values)
 

@@ -293,3 +293,24 @@ async def test_month_leaders_settle_or_defer(loaded, db, monkeypatch):
     else:
         assert outcomes.count(True) > 10
         assert outcomes.count(False) > 10
+
+
+
+async def test_long_multibyte_property_stored(processor, db):  # noqa: F811
+    """A property of 4-byte characters within 1024 characters is over btree's 2704-byte row limit."""
+    site = Site("wide.example", "UTC")
+    await upsert_site(db, site)
+    rng = random.Random(7)
+    text = "".join(chr(rng.randrange(0x20000, 0x2A6DF)) for _ in range(1000))
+    start = int(datetime(2026, 11, 3, 10, tzinfo=timezone.utc).timestamp() * 1000)
+    events = [_event(site, "v1", start, "signup", "Mozilla/5.0", "192.0.2.1", None, {"plan": text}),
+              _event(site, "v1", start + 1000, "signup", "Mozilla/5.0", "192.0.2.1", None, {"plan": "pro"})]
+    assert property_values("signup", "signup", {"plan": text}) == ()
+
+    await feed(processor, [events])
+
+    assert await db.fetchval("SELECT count(*) FROM raw_events WHERE site = $1", site.domain) == 2
+    rolled, raw = scopes(site, date(2026, 11, 3), date(2026, 11, 3))
+    expected = await reports.custom_events(db, raw, "signup", "plan", 1000, 0)
+    assert sorted(row["value"] for row in expected) == sorted(["pro", text])
+    assert await reports.custom_events(db, rolled, "signup", "plan", 1000, 0) == expected
