@@ -1,11 +1,10 @@
 """A dedicated asyncio connection to one Redis server for the collector's stream writes.
 
 The caller encodes commands as RESP2 itself and sends several at once. hiredis parses the
-replies, which come back in the order of the commands. On the machine of
-bench/collector/RESULTS.md, awaiting one XADD of a 330-byte entry after another, on uvloop
-against a local redis-server, took about 55 µs of client CPU per XADD through redis-py 5.2's
-asyncio client and about 14 µs on this connection, which has no connection checkout, no
-`wait_for` and no timeout context per command.
+replies, which come back in the order of the commands. Per awaited XADD,
+bench/collector/xadd_client_cost.py measured 55 to 62 µs of client CPU through redis-py 5.2's
+asyncio client and about 14 µs on this connection, on the machine of bench/collector/RESULTS.md.
+The difference is redis-py's connection checkout, `wait_for` and timeout context per command.
 
 Only plain TCP connections are supported, with an optional AUTH and SELECT. `options_of`
 returns None for a client that connects any other way (TLS, a Unix socket, a credential
