@@ -4,7 +4,8 @@ The caller encodes commands as RESP2 itself and sends several at once. hiredis p
 replies, which come back in the order of the commands. Per awaited XADD,
 bench/collector/xadd_client_cost.py measured 55 to 62 µs of client CPU through redis-py 5.2's
 asyncio client and about 14 µs on this connection, on the machine of bench/collector/RESULTS.md.
-The difference is redis-py's connection checkout, `wait_for` and timeout context per command.
+redis-py adds a connection checkout, a `wait_for` and a timeout context to each command, which
+this connection does without.
 
 Only plain TCP connections are supported, with an optional AUTH and SELECT. `options_of`
 returns None for a client that connects any other way (TLS, a Unix socket, a credential
