@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_events.add_argument("--to", dest="last", required=True, metavar="DAY",
                                help="last local day to rebuild (YYYY-MM-DD, or an ISO-8601 time whose day is taken)")
     replay_events.add_argument("--only", default="sessions,rollups",
-                               help="comma-separated parts to rebuild: sessions (session ids, bot flags, fingerprints), "
-                                    "rollups (aggregated_metrics, daily_metrics, daily_visitors); default both")
+                               help="comma-separated parts to rebuild: sessions (session ids, bot flags, fingerprints, "
+                                    "and the rollups, which count them), rollups (aggregated_metrics, daily_metrics, "
+                                    "monthly_metrics, daily_visitors) alone; default both")
     replay_events.add_argument("--chunk-days", type=int, default=None, metavar="N",
                                help="commit every N days instead of the whole range at once (default: one commit)")
 

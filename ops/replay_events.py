@@ -55,7 +55,7 @@ async def replay_events(database_url: str, domain: str, first: date, last: date,
                                          sessions="sessions" in only, rollups="rollups" in only)
             reports.append(report)
             _report_progress(progress, number, len(parts), reports, started)
-        if reports and "rollups" in only:
+        if reports and any("daily_metrics" in report.tables for report in reports):
             # Each chunk moves the first complete date back only when it reaches that date, and chunks
             # run oldest first, so only the last one did. The chunks together rebuilt first..last.
             await extend_back(conn, site.domain, first, reports[-1].last)

@@ -105,7 +105,12 @@ def utc_window(site: Site, first: date, last: date) -> tuple[datetime, datetime,
 
 async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector, first: date, last: date, *,
                         sessions: bool = True, rollups: bool = True) -> RebuildReport:
-    """Rebuild `site`'s derived rows for the local days first..last; see the module docstring."""
+    """Rebuild `site`'s derived rows for the local days first..last; see the module docstring.
+
+    Rebuilding sessions rebuilds the rollups too: they count sessions, bounces and bot flags, so
+    new sessions beside old rollups would count some visits twice and others not at all.
+    """
+    rollups = rollups or sessions
     started = clock.perf_counter()
     report = RebuildReport(site.domain, first, last)
     start, end, window_start, window_end = utc_window(site, first, last)

@@ -127,3 +127,20 @@ async def test_cli_replay_reports_changes_and_rejects_bad_input(imported, tmp_pa
         1, f"error: invalid range: --to {first} is before --from {last}")
     assert bad_only.returncode == 1
     assert bad_only.stderr.strip() == "error: invalid --only 'everything': use sessions, rollups or both, comma-separated"
+
+
+async def test_sessions_only_replay_moves_rollups_with_the_sessions(imported, db):
+    agent = await db.fetchval("SELECT user_agent FROM raw_events WHERE NOT is_bot GROUP BY 1 "
+                              "ORDER BY count(*) DESC, 1 LIMIT 1")
+    moved = await db.fetchval("SELECT count(*) FROM raw_events WHERE user_agent = $1", agent)
+    before = await totals(db)
+    first, last = log_days()
+
+    reports = await replay_events(imported.database_url, SITE, first, last, only={"sessions"},
+                                  bot_patterns=[_exact(agent)], progress=None)
+
+    after = await totals(db)
+    assert "daily_metrics" in reports[0].tables
+    assert after["pageviews"] == after["raw_human"] == before["pageviews"] - moved
+    assert after["bot_pageviews"] == before["bot_pageviews"] + moved
+    assert after["fingerprint_sessions"] == after["sessions"] == after["raw_sessions"]
