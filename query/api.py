@@ -299,7 +299,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     async def connections(app: web.Application) -> AsyncIterator[None]:
         # Read-only sessions: the API only reads, and a replica refuses writes anyway.
         app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10, command_timeout=60,
-                                                  server_settings={"default_transaction_read_only": "on"})
+                                                  server_settings={"default_transaction_read_only": "on",
+                                                                   **reports.SERVER_SETTINGS})
         app[REDIS_KEY] = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,
                                        socket_connect_timeout=2)
         yield

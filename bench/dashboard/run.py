@@ -368,7 +368,8 @@ def _summary(prefix: str, durations: list[float]) -> dict:
 
 async def measure(url: str, args: argparse.Namespace) -> dict:
     """Time every dashboard query on both paths; of `--rollup-only-sites`, only the queries whose paths differ."""
-    conn = await asyncpg.connect(url)
+    # The API's connections plan every report statement for its values, and so does this one.
+    conn = await asyncpg.connect(url, server_settings=reports.SERVER_SETTINGS)
     results = []
     busy_start = machine_busy_s()
     started = time.perf_counter()
