@@ -21,7 +21,7 @@ from sinks.months import closed_among
 from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
-from streams.rollup import (ALL_SESSION_DIMENSIONS, event_contributions, local_date, monthly_contributions,
+from streams.rollup import (ALL_SESSION_DIMENSIONS, DAILY, event_contributions, local_date, monthly_contributions,
                             property_values, session_change, visitor_change, visitor_days)
 from streams.sites import Site
 
@@ -99,9 +99,12 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
     await _visitor_counts(conn, site, new_events, part.renames, sessions, stored, counts)
 
     # Step 4: the same counts per local month, for the months already closed (sinks.months).
-    months = monthly_contributions(counts)
-    closed = await closed_among(conn, site.domain, (key.bucket for key in months))
-    counts.update({key: value for key, value in months.items() if key.bucket in closed})
+    # Nearly every batch falls in the month in progress, which is never closed, so the months
+    # are looked up before the monthly sums are built.
+    days = {key.bucket for key in counts if key.granularity == DAILY}
+    closed = await closed_among(conn, site.domain, {day.replace(day=1) for day in days})
+    if closed:
+        counts.update(monthly_contributions(counts, only=closed))
     return result, counts
 
 

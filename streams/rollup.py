@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
@@ -311,17 +312,20 @@ def _add_pairs(out: Counter, day: date, metric: str, pairs, sign: int) -> None:
         out[key] = get(key, 0) + sign
 
 
-def monthly_contributions(daily: Counter) -> Counter:
+def monthly_contributions(daily: Counter, only: Collection[date] | None = None) -> Counter:
     """Return the monthly rows that `daily` rows add: the same sums per local month.
 
     A month's "visitors" row is the month's unique visitors: its dates' visitors minus the
     overlaps inside the month. The overlap of its first date (with the month before) stays as
     the month's "visitors_overlap", so months join to each other and to dates the same way.
+    `only` limits the result to those months (first dates).
     """
     months: Counter = Counter()
     get = months.get
     for key, value in daily.items():
         if key.granularity != DAILY or not value:
+            continue
+        if only is not None and key.bucket.replace(day=1) not in only:
             continue
         metric = key.metric
         if metric == VISITORS_OVERLAP and key.bucket.day != 1:
