@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from ingest import metrics
 from ingest.resp import ConnectionOptions, Reply, RespConnection, encode_command, open_connection, options_of
 from ingest import writer as writer_module
-from ingest.writer import _ADD_ENTRIES_SCRIPT, StreamWriter, WriterOverloaded, encode_events
+from ingest.writer import _ADD_ENTRIES_SCRIPT, StreamWriter, WriterOverloaded, encode_events, stream_target
 from streams.event import EVENTS_FIELD, VERSION_FIELD, WIRE_VERSION, Event
 from streams.partitions import StreamPartitions
 from weir.redis import RedisClient
@@ -52,12 +52,8 @@ class GroupCommitWriter:
     """
 
     def __init__(self, options: ConnectionOptions, streams: str | StreamPartitions) -> None:
-        if isinstance(streams, StreamPartitions) and len(streams.streams()) == 1:
-            # Every event goes to the one partition, so routing each event would only cost CPU.
-            streams = streams.streams()[0]
         self._options = options
-        self._stream = streams if isinstance(streams, str) else None
-        self._partitions = streams if isinstance(streams, StreamPartitions) else None
+        self._stream, self._partitions = stream_target(streams)
         self._xadd_prefixes: dict[str, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: RespConnection | None = None

@@ -84,12 +84,8 @@ class StreamWriter:
     """
 
     def __init__(self, redis: RedisClient, streams: str | StreamPartitions) -> None:
-        if isinstance(streams, StreamPartitions) and len(streams.streams()) == 1:
-            # Every event goes to the one partition, so routing each event would only cost CPU.
-            streams = streams.streams()[0]
         self._redis = redis
-        self._stream = streams if isinstance(streams, str) else None
-        self._partitions = streams if isinstance(streams, StreamPartitions) else None
+        self._stream, self._partitions = stream_target(streams)
         self._add_entries = redis.register_script(_ADD_ENTRIES_SCRIPT)
         self._queued: list[tuple[list[Event], asyncio.Future[None]]] = []
         self._queued_events = 0
@@ -202,6 +198,16 @@ class StreamWriter:
         for fields in entries:
             arguments += [2 * len(fields), *(item for pair in fields.items() for item in pair)]
         await self._add_entries(keys=[stream], args=arguments)
+
+
+def stream_target(streams: str | StreamPartitions) -> tuple[str | None, StreamPartitions | None]:
+    """Return the one stream that takes every event, or else the partitions to route events over."""
+    if isinstance(streams, StreamPartitions) and len(streams.streams()) == 1:
+        # Every event goes to the one partition, so routing each event would only cost CPU.
+        streams = streams.streams()[0]
+    if isinstance(streams, str):
+        return streams, None
+    return None, streams
 
 
 def _entries(events: list[Event]) -> list[dict[bytes, bytes]]:
