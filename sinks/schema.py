@@ -282,8 +282,8 @@ SESSION_FINGERPRINTS = Table(
         Index("idx_session_fingerprints_visitor", ("visitor_id",)),
     ),
     derived=True,
-    # A session's row is updated by every batch holding its events; started_at rarely changes and
-    # no other updated column is indexed, so room for two or three new versions keeps them HOT.
+    # Every batch with events of a session updates its row. Only started_at among the updated
+    # columns is indexed, and it rarely changes, so room for a few new versions keeps updates HOT.
     fillfactor=70,
 )
 

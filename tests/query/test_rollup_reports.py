@@ -210,7 +210,7 @@ async def test_closed_months_stay_sums_of_days(loaded, db):
 
 
 async def test_property_breakdowns_read_rollups_when_complete(loaded, db):
-    """A key on every event of a name reads the rollups, and every rollup answer equals the raw one."""
+    """A key on every event of a name reads the rollups, and every rollup result equals the raw one."""
     for site in SITES:
         values_found = 0
         left_to_raw = 0

@@ -62,9 +62,6 @@ async def test_late_events_across_month_end(processor, db):
     await assert_equals_rebuild(db)
 
 
-import pytest  # noqa: E402
-
-
 def random_pool(rng: random.Random) -> list:
     """Return events of three visitors around the month end: pageviews, signups with props, some bots."""
     events = []
@@ -139,14 +136,19 @@ async def assert_equals_raw_counts(conn: asyncpg.Connection, site: Site = SITE) 
     assert [tuple(r) for r in months if r["value"] != r["days"]] == []
 
 
-@pytest.mark.parametrize("seed", range(6))
-async def test_chunked_replays_equal_raw_counts(processor, db, database_url, seed):
+async def feed_random_pool(processor, db, seed: int) -> None:
+    """Close January, then feed one random pool of events in shuffled, partly repeated batches."""
     await upsert_site(db, SITE)
     rng = random.Random(seed)
     pool = random_pool(rng)
     await close_month(db, SITE.domain, date(2026, 1, 1))
     for batch in shuffled_batches(pool, rng, 2, rng.randint(1, min(6, len(pool) - 1))):
         await feed(processor, [batch])
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_chunked_replays_equal_raw_counts(processor, db, database_url, seed):
+    await feed_random_pool(processor, db, seed)
     await assert_equals_raw_counts(db)
     # Chrome becomes a bot, then a human again, rebuilt in chunks of one day.
     for patterns, only in ((["Chrome/120"], {"sessions"}), ([], {"sessions"}), ([], {"rollups"})):
@@ -160,12 +162,7 @@ async def test_chunked_replays_equal_raw_counts(processor, db, database_url, see
 @pytest.mark.parametrize("days", [(date(2026, 1, 31), date(2026, 1, 31)), (date(2026, 2, 1), date(2026, 2, 1)),
                                   (date(2026, 1, 28), date(2026, 1, 31))])
 async def test_partial_replays_equal_raw_counts(processor, db, database_url, seed, days):
-    await upsert_site(db, SITE)
-    rng = random.Random(seed)
-    pool = random_pool(rng)
-    await close_month(db, SITE.domain, date(2026, 1, 1))
-    for batch in shuffled_batches(pool, rng, 2, rng.randint(1, min(6, len(pool) - 1))):
-        await feed(processor, [batch])
+    await feed_random_pool(processor, db, seed)
     for patterns, only in ((["Chrome/120"], {"sessions"}), (["Chrome/120"], {"rollups"}), ([], {"sessions"})):
         await replay_events(database_url, SITE.domain, *days, only=only, bot_patterns=patterns, progress=None)
         await assert_equals_raw_counts(db)
@@ -173,8 +170,6 @@ async def test_partial_replays_equal_raw_counts(processor, db, database_url, see
     await assert_equals_raw_counts(db)
 
 
-from tests.conftest import service_env, wait_until_processed  # noqa: E402
-from tests.sinks import test_processor_faults as faults  # noqa: E402
 
 
 async def test_sigkill_then_two_replicas(database_url, redis_url, redis, db, tmp_path):
