@@ -87,6 +87,7 @@ def _plan_existing_table(plan: Plan, table: Table, actual: ActualTable, catalog:
         plan.change(table.name, f"set fillfactor of {table.name} to {table.fillfactor}", set_fillfactor_sql(table))
     for index in table.indexes:
         _plan_index(plan, table, index, actual, catalog)
+    _plan_retired_indexes(plan, table, actual)
     layout.plan_layout(plan, table, actual, catalog, retention_days)
 
 
@@ -166,6 +167,19 @@ def _plan_index(plan: Plan, table: Table, index: Index, actual: ActualTable, cat
     elif _differs(index, present):
         plan.report(table.name, f"index {index.name} differs: {present.definition}",
                     _rebuild_index_sql(table, index, actual))
+
+
+def _plan_retired_indexes(plan: Plan, table: Table, actual: ActualTable) -> None:
+    """Report the retired indexes still present, once every declared index is there to replace them."""
+    replaced = all(index.name in actual.indexes and actual.indexes[index.name].valid for index in table.indexes)
+    if not replaced:
+        return
+    for name in table.retired_indexes:
+        if name in actual.indexes:
+            drop = ("DROP INDEX IF EXISTS" if actual.partitioned_by is not None or actual.hypertable
+                    else "DROP INDEX CONCURRENTLY IF EXISTS")
+            plan.report(table.name, f"index {name} is retired: a declared index replaces it, and it still costs every "
+                                    "write an index entry", f"{drop} {quote_ident(name)};")
 
 
 def _differs(index: Index, present: ActualIndex) -> bool:

@@ -32,7 +32,7 @@ from sinks.coverage import extend_back
 from sinks.fingerprints import ROW_COLUMNS, save_fingerprints
 from sinks.freshness import record_write
 from sinks.months import closed_among
-from sinks.rollups import refresh_months, write_rollups
+from sinks.rollups import daily_rows_sql, refresh_months, write_rollups
 from sinks.sessions import SITE_LOCK_CLASS
 from sinks.visitor_networks import load_networks
 from streams.bots import BotDetector
@@ -60,7 +60,10 @@ UPDATE raw_events r SET is_bot = u.is_bot, session_id = u.session_id
 
 _OLDEST_RAW = 'SELECT min("timestamp") FROM raw_events WHERE site = $1'
 
-_FIRST_ROLLUP = "SELECT min(date) FROM daily_metrics WHERE site = $1 AND date >= $2 AND date < $3"
+_FIRST_ROLLUP = daily_rows_sql("min(d.date) AS date", "d.date >= $2 AND d.date < $3") + "SELECT min(date) FROM ranged"
+
+_DELETE_DAILY = (daily_rows_sql("d.ctid", "d.date >= $2 AND d.date <= $3")
+                 + "DELETE FROM daily_metrics WHERE ctid = ANY (ARRAY(SELECT ctid FROM ranged))")
 
 
 class RangeBeforeRawEvents(ValueError):
@@ -305,8 +308,7 @@ def _visits(site: Site, rows, flags) -> set[tuple[date, str]]:
 async def _replace_rollups(conn, site: Site, visitors, rows, flags, new_fingerprints, counts: Counter, first: date,
                            last: date, start: datetime, end: datetime) -> int:
     """Delete the range's rollup rows and the visitors' daily rows, then write the new counts."""
-    await conn.execute("DELETE FROM daily_metrics WHERE site = $1 AND date >= $2 AND date <= $3",
-                       site.domain, first, last)
+    await conn.execute(_DELETE_DAILY, site.domain, first, last)
     await conn.execute("DELETE FROM aggregated_metrics WHERE site = $1 AND bucket >= $2 AND bucket < $3",
                        site.domain, start, end)
     await conn.execute("DELETE FROM daily_visitors WHERE site = $1 AND visitor_id = ANY($2::text[])",

@@ -171,17 +171,17 @@ async def test_index_on_partitioned_table_is_plain(db):
                              "AND indexdef LIKE '%(user_id)'") == 1
 
 
-DAILY_KEY = '(site, "date", metric_name, dimension_key, dimension_value)'
+DAILY_KEY = '(site, dimension_key, metric_name, "date", dimension_value) INCLUDE (value)'
 
 
 async def test_invalid_index_is_drift(db):
     await run_guard(db, timescaledb="off")
-    await db.execute("DROP INDEX uq_daily_metrics_key")
+    await db.execute("DROP INDEX uq_daily_metrics_dimension")
     await db.execute("""INSERT INTO daily_metrics (date, metric_name, value) VALUES
                         ('2024-01-15', 'pageviews', 1), ('2024-01-15', 'pageviews', 2)""")
     # A concurrent build that fails on duplicates leaves an invalid index behind, as in production.
     try:
-        await db.execute(f"CREATE UNIQUE INDEX CONCURRENTLY uq_daily_metrics_key ON daily_metrics {DAILY_KEY} "
+        await db.execute(f"CREATE UNIQUE INDEX CONCURRENTLY uq_daily_metrics_dimension ON daily_metrics {DAILY_KEY} "
                          "NULLS NOT DISTINCT")
     except asyncpg.UniqueViolationError:
         pass
@@ -190,10 +190,54 @@ async def test_invalid_index_is_drift(db):
 
     assert plan.changes == []
     assert [(d.description, d.fix_sql) for d in plan.drift] == [(
-        "index uq_daily_metrics_key is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
-        "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_key;\n"
-        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_daily_metrics_key ON daily_metrics {DAILY_KEY} "
+        "index uq_daily_metrics_dimension is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
+        "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_dimension;\n"
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_daily_metrics_dimension ON daily_metrics {DAILY_KEY} "
         "NULLS NOT DISTINCT")]
+
+
+OLD_DAILY_INDEXES = (
+    'CREATE UNIQUE INDEX uq_daily_metrics_key ON daily_metrics (site, "date", metric_name, dimension_key, '
+    "dimension_value) NULLS NOT DISTINCT",
+    'CREATE INDEX idx_daily_metrics_dimension ON daily_metrics (site, dimension_key, metric_name, "date") '
+    "INCLUDE (dimension_value, value)",
+)
+
+
+async def test_retired_indexes_are_reported_once_replaced(db):
+    # A deployment of the version before uq_daily_metrics_dimension: its daily_metrics has two indexes and rows.
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX uq_daily_metrics_dimension")
+    for statement in OLD_DAILY_INDEXES:
+        await db.execute(statement)
+    await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ('a.example', '2024-01-15', "
+                     "'pageviews', 3)")
+
+    plan = await run_guard(db, timescaledb="off")
+
+    # The first run builds the replacement (concurrently, since the table has rows) and reports nothing yet.
+    assert [(c.description, c.outside_transaction) for c in plan.changes] == [
+        ("create index uq_daily_metrics_dimension", True)]
+    assert plan.drift == []
+
+    plan = await run_guard(db, timescaledb="off")
+
+    assert plan.changes == []
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [
+        ("index uq_daily_metrics_key is retired: a declared index replaces it, and it still costs every write an "
+         "index entry", "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_key;"),
+        ("index idx_daily_metrics_dimension is retired: a declared index replaces it, and it still costs every "
+         "write an index entry", "DROP INDEX CONCURRENTLY IF EXISTS idx_daily_metrics_dimension;"),
+    ]
+
+    # With both old unique indexes present the upsert still adds to the one row, and after the drops too.
+    for fix in [d.fix_sql for d in plan.drift]:
+        await db.execute(fix)
+    await db.execute("INSERT INTO daily_metrics AS m (site, date, metric_name, value) VALUES ('a.example', "
+                     "'2024-01-15', 'pageviews', 4) ON CONFLICT (site, date, metric_name, dimension_key, "
+                     "dimension_value) DO UPDATE SET value = m.value + EXCLUDED.value")
+    assert await db.fetch("SELECT site, metric_name, value FROM daily_metrics") == [("a.example", "pageviews", 7)]
+    assert (await run_guard(db, timescaledb="off")).clean
 
 
 AGGREGATED_KEY = "(site, bucket, granularity, metric_name, dimension_key, dimension_value)"
