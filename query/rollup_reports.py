@@ -103,10 +103,14 @@ def _pieces_sql(dimension_condition: str, values: str | None = None) -> str:
     `values` names a parameter of stored values to read only those. A piece's overlap with the
     date before it is dropped for the first piece only.
     """
+    # dimension_value ends the key of daily_metrics. As an index condition, its array would
+    # multiply the index searches (metrics x dates x values), and PostgreSQL then rather reads
+    # every row of the dimension; `|| ''` makes it a filter on the rows of the metrics and dates.
+    only_daily = f" AND (dimension_value || '') = ANY({values}::text[])" if values else ""
     only = f" AND dimension_value = ANY({values}::text[])" if values else ""
     return f"""
   SELECT dimension_value, metric_name, value FROM daily_metrics
-   WHERE site = $1 AND {dimension_condition} AND metric_name = ANY($5::text[]) AND date = ANY($3::date[]){only}
+   WHERE site = $1 AND {dimension_condition} AND metric_name = ANY($5::text[]) AND date = ANY($3::date[]){only_daily}
      AND NOT (metric_name = '{VISITORS_OVERLAP}' AND date = $2)
   UNION ALL
   SELECT dimension_value, metric_name, value FROM monthly_metrics
