@@ -9,6 +9,7 @@ batch in hand finish, commit and acknowledge before the loop ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -155,7 +156,8 @@ class AgentRunner:
         attempt = 0
         while True:
             try:
-                await self.spec.handler(live)
+                async with self._renewing_claim(live):
+                    await self.spec.handler(live)
                 break
             except (MalformedEntry, PoisonEntry) as error:
                 await self._dead_letter(_find(live, error.entry_id), str(error))
@@ -188,6 +190,36 @@ class AgentRunner:
             self._last_errors.pop(entry.entry_id, None)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_ENTRIES.observe(len(live))
+
+    @contextlib.asynccontextmanager
+    async def _renewing_claim(self, live: list[Entry]):
+        """Reset the entries' idle time every third of RECLAIM_IDLE_MS while the handler runs.
+
+        A batch can take longer than RECLAIM_IDLE_MS, for example while it waits for the locks
+        of a rebuild. Without renewal another consumer would reclaim it meanwhile, each reclaim
+        would count a delivery, and a batch that stays slow would end in the dead-letter stream
+        although nothing failed. A consumer that dies stops renewing, so its entries are still
+        reclaimed after RECLAIM_IDLE_MS. A handler that blocks the event loop for longer than
+        that cannot renew either.
+        """
+        renewal = asyncio.create_task(self._renew_claim([e.entry_id for e in live]))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    async def _renew_claim(self, entry_ids: list[str]) -> None:
+        interval_s = self.options.reclaim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.consumer.touch(entry_ids)
+            except Exception as error:  # noqa: BLE001 - Redis may be down; the batch itself reports that
+                logger.warning("could not renew the claim on a batch in progress agent=%s stream=%s entries=%d "
+                               "first_entry_id=%s error=%r", self.spec.name, self.consumer.stream, len(entry_ids),
+                               entry_ids[0], error)
 
     async def _keep_claimed(self, live: list[Entry]) -> None:
         """Reset the entries' idle time so no other consumer reclaims a batch still being retried."""

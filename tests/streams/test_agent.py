@@ -175,6 +175,38 @@ async def test_dead_consumer_entries_are_reclaimed(redis):
     await run_until(runner, reclaimed)
 
 
+async def test_slow_batch_is_not_reclaimed(redis):
+    # The batch takes five times RECLAIM_IDLE_MS; the claim renewal keeps the other consumer off it.
+    ids = await add_entries(redis, 3)
+    slow_seen: list[str] = []
+    other_seen: list[str] = []
+
+    async def slow_handler(entries: list[Entry]) -> None:
+        await asyncio.sleep(0.5)
+        slow_seen.extend(e.entry_id for e in entries)
+
+    async def other_handler(entries: list[Entry]) -> None:
+        other_seen.extend(e.entry_id for e in entries)
+
+    options = AgentOptions(block_ms=20, reclaim_idle_ms=100, reclaim_interval_s=0.02)
+    slow = AgentRunner(AgentSpec("t", slow_handler), await make_consumer(redis, "slow"), options)
+    other = AgentRunner(AgentSpec("t", other_handler), await make_consumer(redis, "other"), options)
+    stopping = asyncio.Event()
+    slow_task = asyncio.create_task(slow.run(stopping))
+    await asyncio.sleep(0.1)  # the slow consumer reads the three entries first
+    other_task = asyncio.create_task(other.run(stopping))
+
+    async with asyncio.timeout(10):
+        while len(slow_seen) < 3 or await pending(redis) != 0:
+            await asyncio.sleep(0.02)
+    stopping.set()
+    await asyncio.wait_for(asyncio.gather(slow_task, other_task), 10)
+
+    assert slow_seen == ids
+    assert other_seen == []
+    assert await redis.xlen(DEAD) == 0
+
+
 async def test_requeue_moves_entry_back_once(redis):
     await redis.xadd(DEAD, {b"v": b"1", b"events": b"[]", b"dead_letter_entry_id": b"1-0",
                             b"dead_letter_stream": STREAM.encode(), b"dead_letter_error": b"boom",
