@@ -141,3 +141,58 @@ def test_import_of_directory_or_binary_file_is_refused(stack, tmp_path):
     assert garbage.stderr.strip().splitlines()[-1] == (
         "error: no line was in the 'combined' log format; check the files or pass --log-format")
     assert len(garbage.stderr.splitlines()) < 30
+
+
+# Mistakes a newcomer makes on the command line. A bad flag value should be rejected before any
+# connection, in one line that names the flag or value. No test here needs a server, so the URLs
+# point at a port where nothing listens.
+NOTHING_LISTENS = {"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "postgresql://weir@127.0.0.1:1/weir"}
+
+
+def known_bug(reason: str):
+    """Mark a test of an unfixed bug as a strict xfail, so the fix makes it fail until the mark is removed."""
+    return pytest.mark.xfail(reason=reason, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["dlq", "list", "--limit", "-5"], "--limit"),
+        (["dlq", "list", "--limit", "0"], "--limit"),
+        (["dlq", "requeue", "nonsense"], "nonsense"),
+    ],
+    ids=["dlq-limit-negative", "dlq-limit-zero", "dlq-requeue-bad-id"],
+)
+@known_bug("dlq passes --limit and entry ids to Redis unchecked and reports Redis's own error")
+def test_dlq_bad_value_is_named(args, named):
+    result = run(args, bare_env(**NOTHING_LISTENS))
+
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert named in result.stderr
+    assert "Redis at REDIS_URL failed" not in result.stderr
+
+
+@known_bug("replay stream loads ProcessorSettings, whose errors say `weir processor`")
+def test_replay_stream_missing_node_env():
+    # REDIS_URL and DATABASE_URL are set, as in the README's second shell, but NODE_ENV is not.
+    result = run(["replay", "stream", "--from", "0"], bare_env(**NOTHING_LISTENS))
+
+    assert result.returncode == 2
+    assert "missing required environment variable NODE_ENV" in result.stderr
+    assert "weir replay stream" in result.stderr, result.stderr
+
+
+@known_bug("the CLI does not handle BrokenPipeError on stdout")
+def test_schema_sql_closed_pipe():
+    # `weir schema sql | head` closes the pipe early. Closing it before the command prints makes
+    # that happen on every run, not by timing.
+    process = subprocess.Popen(weir_command("schema", "sql"), cwd=REPO, env=bare_env(**NOTHING_LISTENS),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=60)
+
+    # With a buffered stdout Python prints "Exception ignored ... BrokenPipeError" and exits 120.
+    # With PYTHONUNBUFFERED=1 it prints a whole traceback. Both are noise after a normal `| head`.
+    assert "BrokenPipeError" not in stderr, stderr
