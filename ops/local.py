@@ -65,7 +65,7 @@ Weir is starting.
   API key     {os.environ['API_KEYS'].split(',')[0]}
 Next, in another shell (with the same REDIS_URL and DATABASE_URL, printed by
 `.venv/bin/python -m ops.embedded status`):
-  weir site add example.com --timezone UTC
+  .venv/bin/weir site add example.com --timezone UTC
 Stop with Ctrl-C.
 """, flush=True)
 
