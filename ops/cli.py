@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -136,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(_dispatch(args)) or 0
+        code = _run(_dispatch(args)) or 0
+        sys.stdout.flush()  # inside the try, so that a reader that went away is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of stdout closed it (`weir schema sql | head`). Point stdout at /dev/null so
+        # the flush at exit cannot fail again, and exit as a program killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code

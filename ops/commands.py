@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 
 import asyncpg
@@ -229,7 +230,21 @@ def check_log_file(path) -> None:
         raise CommandError(f"{path} is not a regular file: give a plain or gzip log file")
 
 
+_DEAD_LETTER_ID = re.compile(r"\d+-\d+")
+
+
+def _check_dead_letter_arguments(args: argparse.Namespace) -> None:
+    """Reject a bad --limit or entry id before connecting, so the error names the value rather than Redis."""
+    if args.dlq_command == "list" and args.limit < 1:
+        raise CommandError(f"invalid --limit {args.limit}: give the number of entries to print, 1 or more")
+    for entry_id in getattr(args, "entry_ids", None) or []:
+        if not _DEAD_LETTER_ID.fullmatch(entry_id):
+            raise CommandError(f"invalid entry id {entry_id!r}: give a dead-letter entry id as `weir dlq list` "
+                               "prints it, such as 1715940000000-0")
+
+
 async def dead_letters(args: argparse.Namespace) -> int:
+    _check_dead_letter_arguments(args)
     settings = load_settings(StreamToolSettings)
     dead_letter_streams = StreamPartitions.from_settings(settings).dead_letter_streams()
     redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)

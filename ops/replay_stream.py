@@ -280,7 +280,8 @@ async def replay_stream_command(args: argparse.Namespace) -> int:
     Without --stream, every event stream of the deployment's layout (STREAM_PARTITIONS) is
     replayed in turn, each over the same range.
     """
-    settings = load_settings(ProcessorSettings, BATCH_SIZE=args.batch_size, CONCURRENCY=1)
+    settings = load_settings(ProcessorSettings, program="weir replay stream", BATCH_SIZE=args.batch_size,
+                             CONCURRENCY=1)
     configure_logging("warning")
     try:
         start = parse_bound(args.start)

@@ -53,16 +53,18 @@ class ConfigError(SystemExit):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def load_settings(model: type[SettingsT], **overrides: object) -> SettingsT:
+def load_settings(model: type[SettingsT], *, program: str | None = None, **overrides: object) -> SettingsT:
     """Read `model` from the environment, turning validation errors into one ConfigError line.
 
-    `overrides` win over the environment; the CLI passes its options here.
+    `overrides` win over the environment; the CLI passes its options here. `program` is the
+    command that errors name, for a command that borrows another command's settings.
     """
+    program = program or _program(model)
     try:
         settings = model(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
-        raise ConfigError(_describe(model, error)) from None
-    _check_urls(model, settings)
+        raise ConfigError(_describe(program, error)) from None
+    _check_urls(program, settings)
     return settings
 
 
@@ -75,11 +77,11 @@ _URL_SCHEMES = {
 }
 
 
-def _check_urls(model: type[BaseSettings], settings: BaseSettings) -> None:
+def _check_urls(program: str, settings: BaseSettings) -> None:
     for name, schemes in _URL_SCHEMES.items():
         value = getattr(settings, name, None)
         if value and not value.startswith(schemes):
-            raise ConfigError(f"{_program(model)}: invalid {name}: it must start with {' or '.join(schemes)}, "
+            raise ConfigError(f"{program}: invalid {name}: it must start with {' or '.join(schemes)}, "
                               f"e.g. {schemes[0]}127.0.0.1:{6379 if name == 'REDIS_URL' else 5432}/...")
 
 
@@ -89,7 +91,7 @@ def _program(model: type[BaseSettings]) -> str:
     return f"weir {command or model.__name__.removesuffix('Settings').lower()}"
 
 
-def _describe(model: type[BaseSettings], error: ValidationError) -> str:
+def _describe(program: str, error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"]) or "?"
@@ -98,4 +100,4 @@ def _describe(model: type[BaseSettings], error: ValidationError) -> str:
         else:
             value = item.get("input")
             problems.append(f"invalid {name}={value!r}: {item['msg']}")
-    return f"{_program(model)}: " + "; ".join(problems) + " (set it in the environment or an env file)"
+    return f"{program}: " + "; ".join(problems) + " (set it in the environment or an env file)"
