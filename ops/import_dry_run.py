@@ -109,6 +109,9 @@ def dry_run_command(args: argparse.Namespace) -> int:
     if shift:
         print(f"timestamps shifted by {shift.days} days", file=sys.stderr)
     print("\n".join(report.lines()))
+    if report.lines_read and report.malformed == report.lines_read:
+        # The same check and message as the import itself, so a dry run predicts its outcome.
+        raise CommandError(f"no line was in the {args.log_format!r} log format; check the files or pass --log-format")
     return 0
 
 

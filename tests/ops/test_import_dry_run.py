@@ -93,6 +93,19 @@ async def test_dry_run_needs_no_redis_url(tmp_path, database_url, redis_url):
     assert "pageviews 4173 (bots 2396)" in result.stdout
 
 
+async def test_dry_run_of_wrong_format_fails(tmp_path, database_url, redis_url):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a log line\nnor this one\n")
+
+    result = await asyncio.to_thread(run_weir, service_env(database_url, redis_url), "import-logs", "--site",
+                                     "semicomplete.com", "--dry-run", str(text))
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: no line was in the 'combined' log format; check the files or pass --log-format")
+    assert "lines read 2, pageviews 0" in result.stdout
+
+
 async def test_other_formats_import_end_to_end(stack, redis, db, tmp_path):
     env = service_env(stack.database_url, stack.redis_url)
     logs = {"vhost.example": ("vhost_combined", as_vhost_combined(tmp_path / "vhost.log")),
