@@ -172,6 +172,16 @@ class StreamReplay:
         reply = await self.redis.xrange(self.stream, count=1)
         return _text(reply[0][0]) if reply else None
 
+    async def ever_removed(self) -> bool | None:
+        """Return whether entries were ever trimmed or deleted from the stream; None where Redis cannot tell.
+
+        Redis 7 counts every entry ever added (`entries-added`); fewer kept means some are gone.
+        """
+        info = await self.redis.xinfo_stream(self.stream)
+        added = info.get("entries-added", info.get(b"entries-added"))
+        length = info.get("length", info.get(b"length"))
+        return None if added is None or length is None else int(added) > int(length)
+
     async def run(self, stopping: asyncio.Event) -> StreamReplayReport:
         """Replay the range until its end, or until `stopping` is set between two pages.
 
@@ -341,7 +351,11 @@ def _resume_command(args: argparse.Namespace, streams: list[str], stream: str, s
 
 async def _warn_if_trimmed(replay: StreamReplay) -> None:
     oldest = await replay.oldest_kept()
-    if replay.start != "-" and oldest is not None and _bound_tuple(replay.start, end=False) < _id_tuple(oldest):
+    if replay.start == "-" or oldest is None or _bound_tuple(replay.start, end=False) >= _id_tuple(oldest):
+        return
+    # A start before the oldest entry is often just "from the beginning" (--from 0), so on Redis 7,
+    # which counts the entries ever added, warn only when some are gone. Older servers cannot tell.
+    if await replay.ever_removed() is not False:
         print(f"entries of {replay.stream} before {oldest} are no longer kept; replay older events from the "
               "archive with `weir replay archive`", file=sys.stderr)
 

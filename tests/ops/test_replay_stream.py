@@ -337,6 +337,24 @@ async def test_cli_replays_every_partition(database_url, redis_url, redis, db):
     assert await db.fetchval("SELECT count(*) FROM raw_events") == 20
 
 
+async def test_cli_warns_only_when_trimmed(database_url, redis_url, redis):
+    ids = await add_entries(redis, 4)
+    env = service_env(database_url, redis_url)
+    warning = (f"entries of {EVENTS_STREAM} before {ids[2]} are no longer kept; replay older events from the "
+               "archive with `weir replay archive`")
+
+    untouched = await asyncio.to_thread(run_weir, env, "replay", "stream", "--from", "0")
+    await redis.xtrim(EVENTS_STREAM, maxlen=2, approximate=False)
+    trimmed = await asyncio.to_thread(run_weir, env, "replay", "stream", "--from", "0")
+    after_trim = await asyncio.to_thread(run_weir, env, "replay", "stream", "--from", ids[2])
+
+    assert untouched.returncode == 0, untouched.stderr
+    assert "no longer kept" not in untouched.stderr
+    assert trimmed.returncode == 0, trimmed.stderr
+    assert warning in trimmed.stderr.splitlines()
+    assert "no longer kept" not in after_trim.stderr
+
+
 async def test_cli_rejects_bad_input(database_url, redis_url):
     env = service_env(database_url, redis_url)
 
