@@ -10,6 +10,7 @@ A PostgreSQL advisory lock makes replicas that start together take turns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 GUARD_LOCK_ID = 0x5EE1_5C4E_0001
 """Advisory lock key held while the guard plans and applies; any constant shared by all replicas."""
+
+GUARD_LOCK_POLL_S = 0.2
+"""Seconds between two tries to take the guard's lock while another replica holds it."""
 
 MIN_SERVER_VERSION_NUM = 150000
 """PostgreSQL 15 introduced NULLS NOT DISTINCT, which the rollup keys need."""
@@ -241,6 +245,18 @@ async def apply_changes(conn: asyncpg.Connection, plan: Plan) -> list[Change]:
     return applied
 
 
+async def _take_guard_lock(conn: asyncpg.Connection) -> None:
+    """Take the guard's advisory lock, trying again until the replica that holds it releases it.
+
+    A statement waiting in pg_advisory_lock keeps a snapshot. CREATE INDEX CONCURRENTLY in the
+    replica that has the lock waits until every older snapshot is gone, so the two would wait for
+    each other until PostgreSQL aborts one as a deadlock. Each pg_try_advisory_lock keeps its
+    snapshot only while that statement runs.
+    """
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", GUARD_LOCK_ID):
+        await asyncio.sleep(GUARD_LOCK_POLL_S)
+
+
 async def run_guard(conn: asyncpg.Connection, *, timescaledb: str = "auto", apply: bool = True,
                     retention_days: int | None = None) -> Plan:
     """Plan (and unless `apply` is False, apply) the additive changes under the advisory lock.
@@ -250,7 +266,7 @@ async def run_guard(conn: asyncpg.Connection, *, timescaledb: str = "auto", appl
     raises and leaves the ones before it applied, which the next run then skips.
     """
     started = time.perf_counter()
-    await conn.execute("SELECT pg_advisory_lock($1)", GUARD_LOCK_ID)
+    await _take_guard_lock(conn)
     try:
         catalog = await read_catalog(conn, [t.name for t in TABLES], [i.name for t in TABLES for i in t.indexes])
         plan = plan_changes(catalog, timescaledb, retention_days)

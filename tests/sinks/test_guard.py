@@ -379,3 +379,33 @@ async def test_table_without_its_fillfactor_gets_it_once(db):
                                                           "set fillfactor of session_fingerprints to 70"]
     assert again.changes == []
     assert (await _fillfactors(db))["session_fingerprints"] == ["fillfactor=70"]
+
+
+async def test_two_guards_build_index_concurrently(database_url):
+    # Two processors that start together on a deployment of the version before uq_daily_metrics_dimension.
+    setup = await asyncpg.connect(database_url)
+    try:
+        await run_guard(setup, timescaledb="off")
+        await setup.execute("DROP INDEX uq_daily_metrics_dimension")
+        for statement in OLD_DAILY_INDEXES:
+            await setup.execute(statement)
+        await setup.execute("INSERT INTO daily_metrics (site, date, metric_name, dimension_key, dimension_value, value) "
+                            "SELECT 'a.example', DATE '2024-01-01' + i % 60, 'pageviews', 'path', '/' || i, i "
+                            "FROM generate_series(1, 20000) AS i")
+    finally:
+        await setup.close()
+    first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        plans = await asyncio.gather(run_guard(first, timescaledb="off"), run_guard(second, timescaledb="off"),
+                                     return_exceptions=True)
+        valid = await first.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'uq_daily_metrics_dimension'::regclass")
+    finally:
+        await first.close()
+        await second.close()
+
+    assert [type(p).__name__ for p in plans] == ["Plan", "Plan"]
+
+    assert sorted([c.description for c in p.changes] for p in plans) == [
+        [], ["create index uq_daily_metrics_dimension"]]
+    assert valid is True
