@@ -62,6 +62,8 @@ TRIM_INTERVAL_S = 60.0
 IDLE_CONSUMER_MS = 24 * 3600 * 1000
 """Consumers of earlier processes idle this long with nothing pending are removed from the group."""
 START_TIMEOUT_S = 60.0
+COMMAND_TIMEOUT_S = 120.0
+"""Seconds a statement on a pooled connection may run before asyncpg cancels it."""
 START_RETRY_S = 1.0
 GC_THRESHOLDS = (50_000, 20, 10)
 """Python's collector thresholds in a processor process (the defaults are 700, 10, 10).
@@ -141,10 +143,17 @@ class Processor:
                                    socket_connect_timeout=5)
         self.live = LiveRecorder(self.redis)
         self.pool = await asyncpg.create_pool(self.settings.DATABASE_URL, min_size=1,
-                                              max_size=self.settings.CONCURRENCY + 2, command_timeout=120)
-        async with self.pool.acquire() as conn:
-            plan = await run_guard(conn, timescaledb=self.settings.TIMESCALEDB,
+                                              max_size=self.settings.CONCURRENCY + 2,
+                                              command_timeout=COMMAND_TIMEOUT_S)
+        # The guard runs on its own connection without COMMAND_TIMEOUT_S, because an index built
+        # concurrently on a large table can take longer. A cancelled build leaves an invalid index.
+        guard_conn = await asyncpg.connect(self.settings.DATABASE_URL)
+        try:
+            plan = await run_guard(guard_conn, timescaledb=self.settings.TIMESCALEDB,
                                    retention_days=self.settings.RETENTION_DAYS)
+        finally:
+            await guard_conn.close()
+        async with self.pool.acquire() as conn:
             self.partitioned = not plan.use_timescaledb and await _is_partitioned(conn, "raw_events")
             for site, first_date in await record_older_rollups(conn):
                 logger.warning("rollups of site=%s before %s were written by an earlier version; run `weir replay "

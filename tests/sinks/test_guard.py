@@ -8,9 +8,12 @@ from dataclasses import replace
 
 import asyncpg
 
+import sinks.processor as processor_module
 from sinks.catalog import read_catalog
 from sinks.guard import plan_changes, run_guard
+from sinks.processor import Processor
 from sinks.schema import TABLES
+from sinks.settings import ProcessorSettings
 
 
 async def test_first_run_creates_every_table(db):
@@ -408,4 +411,36 @@ async def test_two_guards_build_index_concurrently(database_url):
 
     assert sorted([c.description for c in p.changes] for p in plans) == [
         [], ["create index uq_daily_metrics_dimension"]]
+    assert valid is True
+
+
+async def test_processor_start_outlasts_command_timeout(database_url, redis_url, monkeypatch):
+    # A deployment of the version before uq_daily_metrics_dimension, with a batch transaction
+    # open on daily_metrics that the concurrent build of the new index must wait for.
+    setup = await asyncpg.connect(database_url)
+    await run_guard(setup, timescaledb="off")
+    await setup.execute("DROP INDEX uq_daily_metrics_dimension")
+    for statement in OLD_DAILY_INDEXES:
+        await setup.execute(statement)
+    await setup.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ('a.example', "
+                        "'2024-01-15', 'pageviews', 3)")
+    batch = setup.transaction()
+    await batch.start()
+    await setup.execute("UPDATE daily_metrics SET value = value + 1")
+    monkeypatch.setattr(processor_module, "COMMAND_TIMEOUT_S", 0.5)
+    proc = Processor(ProcessorSettings(NODE_ENV="development", REDIS_URL=redis_url, DATABASE_URL=database_url,
+                                       METRICS_PORT=0, TIMESCALEDB="off"))
+
+    async def end_batch():
+        await asyncio.sleep(2)
+        await batch.commit()
+
+    try:
+        await asyncio.gather(proc.start(), end_batch())
+        valid = await setup.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'uq_daily_metrics_dimension'::regclass")
+    finally:
+        await proc.close()
+        await setup.close()
+
     assert valid is True
