@@ -162,8 +162,10 @@ def _plan_index(plan: Plan, table: Table, index: Index, actual: ActualTable, cat
         return
 
     if not present.valid:
+        # A unique build fails on rows that repeat a key, and the same build fails again until they are merged.
+        duplicates = _find_duplicates_sql(table, index) if index.unique else ""
         plan.report(table.name, f"index {index.name} is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
-                    _rebuild_index_sql(table, index, actual))
+                    duplicates + _rebuild_index_sql(table, index, actual))
     elif index.unique and present.unique and index.nulls_not_distinct and not present.nulls_not_distinct:
         plan.report(table.name, f"unique index {index.name} lacks NULLS NOT DISTINCT, so a row whose dimension is "
                                 "NULL is inserted again by every write instead of being updated",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from dataclasses import replace
 
@@ -175,6 +176,10 @@ async def test_index_on_partitioned_table_is_plain(db):
 
 
 DAILY_KEY = '(site, dimension_key, metric_name, "date", dimension_value) INCLUDE (value)'
+DAILY_DUPLICATES_SQL = (
+    "-- rows the new index would reject; merge them into one row per key first:\n"
+    'SELECT site, dimension_key, metric_name, "date", dimension_value, count(*) FROM daily_metrics '
+    'GROUP BY site, dimension_key, metric_name, "date", dimension_value HAVING count(*) > 1;\n')
 
 
 async def test_invalid_index_is_drift(db):
@@ -194,7 +199,7 @@ async def test_invalid_index_is_drift(db):
     assert plan.changes == []
     assert [(d.description, d.fix_sql) for d in plan.drift] == [(
         "index uq_daily_metrics_dimension is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
-        "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_dimension;\n"
+        DAILY_DUPLICATES_SQL + "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_dimension;\n"
         f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_daily_metrics_dimension ON daily_metrics {DAILY_KEY} "
         "NULLS NOT DISTINCT")]
 
@@ -444,3 +449,32 @@ async def test_processor_start_outlasts_command_timeout(database_url, redis_url,
         await setup.close()
 
     assert valid is True
+
+
+async def test_upgrade_with_duplicate_null_rows(db):
+    # A deployment whose key lacks NULLS NOT DISTINCT contains a totals row for each write.
+    await run_guard(db, timescaledb="off")
+    await db.execute("DROP INDEX uq_daily_metrics_dimension")
+    await db.execute('CREATE UNIQUE INDEX uq_daily_metrics_key ON daily_metrics (site, "date", metric_name, '
+                     "dimension_key, dimension_value)")
+    await db.execute(OLD_DAILY_INDEXES[1])
+    await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES "
+                     "('a.example', '2024-01-15', 'pageviews', 1), ('a.example', '2024-01-15', 'pageviews', 2)")
+
+    # The first start fails on the duplicates, and the next ones report them with the invalid index.
+    try:
+        await run_guard(db, timescaledb="off")
+        failure = None
+    except asyncpg.UniqueViolationError as error:
+        failure = str(error).splitlines()[0]
+    plan = await run_guard(db, timescaledb="off")
+
+    assert failure == 'could not create unique index "uq_daily_metrics_dimension"'
+    assert plan.changes == []
+    assert [(d.description, d.fix_sql) for d in plan.drift] == [(
+        "index uq_daily_metrics_dimension is invalid: a CREATE INDEX CONCURRENTLY failed or was cancelled",
+        DAILY_DUPLICATES_SQL + "DROP INDEX CONCURRENTLY IF EXISTS uq_daily_metrics_dimension;\n"
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_daily_metrics_dimension ON daily_metrics {DAILY_KEY} "
+        "NULLS NOT DISTINCT")]
+    assert await db.fetch(DAILY_DUPLICATES_SQL.split("\n")[1]) == [
+        ("a.example", None, "pageviews", datetime.date(2024, 1, 15), None, 2)]
