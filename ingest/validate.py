@@ -27,6 +27,8 @@ MAX_TYPE_CHARS = 100
 MAX_ACTION_CHARS = 255
 MAX_URL_CHARS = 4096
 MAX_ID_CHARS = 255
+MAX_HOST_CHARS = 253
+MAX_USER_AGENT_CHARS = 2048
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; older timestamps are certainly wrong clocks
 MS_PER_DAY = 86_400_000
 CLOCK_STEP_MS = 10_000
@@ -152,6 +154,12 @@ class EventBuilder:
 
     async def build(self, items: list[Any], context: RequestContext) -> tuple[list[Event], list[Rejection]]:
         """Return the accepted events and the rejections, each rejection naming its item's index."""
+        if len(items) == 1:
+            # One item has nothing to share with others, so it goes without a memo.
+            try:
+                return [await self.build_one(items[0], context)], []
+            except InvalidEvent as error:
+                return [], [Rejection(0, error.reason, str(error))]
         events: list[Event] = []
         rejections: list[Rejection] = []
         memo = RequestMemo()
@@ -166,10 +174,14 @@ class EventBuilder:
         """Return the Event for one payload item; raise InvalidEvent naming what is wrong.
 
         `memo` carries site lookups and visitor ids from one item to the next of the same
-        request, whose events mostly share their site, address and user agent.
+        request, whose events mostly share their site, address and user agent. Without it,
+        nothing is remembered.
+
+        This runs once per event in the request path, so it reads each field once and calls
+        `_optional_str` only for a field that is present and not plainly a short enough string.
+        The checks and their order, and so which error an invalid item gets, are those of
+        `_optional_str` field by field.
         """
-        if memo is None:
-            memo = RequestMemo()
         if not isinstance(item, dict):
             raise InvalidEvent("not_an_object", f"an event must be a JSON object, got {type(item).__name__}")
         try:
@@ -182,10 +194,15 @@ class EventBuilder:
                                f"event is {len(encoded)} bytes; the limit is {self._max_event_bytes}")
         if b"\\u0000" in encoded:
             item = clean_json(item)
+        get = item.get
 
-        url = _optional_str(item, "url", MAX_URL_CHARS)
-        host = _site_host(item, url)
-        site = memo.sites.get(host)
+        url = get("url")
+        if url.__class__ is not str or not 0 < len(url) <= MAX_URL_CHARS:
+            url = _optional_str(item, "url", MAX_URL_CHARS)
+        host = get("site")
+        if host.__class__ is not str or not 0 < len(host) <= MAX_HOST_CHARS:
+            host = _site_host(item, url)
+        site = memo.sites.get(host) if memo is not None else None
         if site is None:
             cached = self._sites.cached_lookup(host)
             if cached is False:
@@ -194,37 +211,63 @@ class EventBuilder:
                 raise _unknown_site(host)
             else:
                 site = cached.domain
-            memo.sites[host] = site
-        event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
-        if not _TYPE_PATTERN.match(event_type):
+            if memo is not None:
+                memo.sites[host] = site
+        event_type = get("type")
+        if event_type.__class__ is not str or not 0 < len(event_type) <= MAX_TYPE_CHARS:
+            event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
+        if event_type != PAGEVIEW and not _TYPE_PATTERN.match(event_type):
             raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
         action = self._action(item, event_type, url, memo)
 
-        timestamp_ms = parse_timestamp(item.get("timestamp"))
-        sent_at_ms = parse_timestamp(item.get("sent_at")) or context.sent_at_ms
-        timestamp_ms = self._correct_clock(timestamp_ms, sent_at_ms, context)
-        client_id = _optional_str(item, "id", MAX_ID_CHARS) or _optional_str(item, "message_id", MAX_ID_CHARS)
+        timestamp = get("timestamp")
+        timestamp_ms = parse_timestamp(timestamp) if timestamp is not None else None
+        sent_at = get("sent_at")
+        sent_at_ms = (parse_timestamp(sent_at) if sent_at is not None else None) or context.sent_at_ms
+        if timestamp_ms is None:
+            timestamp_ms = context.received_ms
+        else:
+            timestamp_ms = self._correct_clock(timestamp_ms, sent_at_ms, context)
+        client_id = get("id")
+        if client_id is not None:
+            client_id = _optional_str(item, "id", MAX_ID_CHARS)
+        if not client_id and get("message_id") is not None:
+            client_id = _optional_str(item, "message_id", MAX_ID_CHARS)
         if client_id:
             event_id = stable_event_id_text(site, client_id, timestamp_ms)
         else:
             event_id = new_event_id_text(context.received_ms)
 
-        user_agent = _optional_str(item, "user_agent", 2048) or context.user_agent
+        user_agent = get("user_agent")
+        if user_agent is not None:
+            user_agent = _optional_str(item, "user_agent", MAX_USER_AGENT_CHARS)
+        user_agent = user_agent or context.user_agent
         ip = context.ip
         if context.trust_item_ip:
             ip = _optional_ip(item) or ip
-        anonymous_id = _optional_str(item, "anonymous_id", MAX_ID_CHARS)
-        user_id = _optional_str(item, "user_id", MAX_ID_CHARS)
-        props = item.get("props", item.get("metadata")) or {}
+        anonymous_id = get("anonymous_id")
+        if anonymous_id is not None:
+            anonymous_id = _optional_str(item, "anonymous_id", MAX_ID_CHARS)
+        user_id = get("user_id")
+        if user_id is not None:
+            user_id = _optional_str(item, "user_id", MAX_ID_CHARS)
+        props = get("props", get("metadata")) or {}
         if not isinstance(props, dict):
             raise InvalidEvent("invalid_field", f"props must be a JSON object, got {type(props).__name__}")
 
-        day = _utc_day(timestamp_ms)
-        visitor_key = (day, site, ip, user_agent, anonymous_id)
-        visitor = memo.visitors.get(visitor_key)
-        if visitor is None:
+        day = _utc_day_of(timestamp_ms // MS_PER_DAY)
+        if memo is None:
             salt = self._salts.cached_salt(day) or await self._salts.salt_for_day(day)
-            visitor = memo.visitors[visitor_key] = _visitor_id(salt, site, ip, user_agent, anonymous_id)
+            visitor = _visitor_id(salt, site, ip, user_agent, anonymous_id)
+        else:
+            visitor_key = (day, site, ip, user_agent, anonymous_id)
+            visitor = memo.visitors.get(visitor_key)
+            if visitor is None:
+                salt = self._salts.cached_salt(day) or await self._salts.salt_for_day(day)
+                visitor = memo.visitors[visitor_key] = _visitor_id(salt, site, ip, user_agent, anonymous_id)
+        referrer = get("referrer")
+        if referrer.__class__ is not str or not 0 < len(referrer) <= MAX_URL_CHARS:
+            referrer = _optional_str(item, "referrer", MAX_URL_CHARS)
 
         return Event(
             id=event_id,
@@ -235,7 +278,7 @@ class EventBuilder:
             received_ms=context.received_ms,
             visitor_id=visitor,
             url=url,
-            referrer=_optional_str(item, "referrer", MAX_URL_CHARS),
+            referrer=referrer,
             user_agent=user_agent,
             ip=ip,
             user_id=user_id,
@@ -250,13 +293,18 @@ class EventBuilder:
         return site.domain
 
     @staticmethod
-    def _action(item: dict, event_type: str, url: str | None, memo: RequestMemo) -> str:
+    def _action(item: dict, event_type: str, url: str | None, memo: RequestMemo | None) -> str:
         if event_type == PAGEVIEW:
-            path = _optional_str(item, "path", MAX_URL_CHARS)
-            key = (path, url, bool(item.get("hash_mode")))
+            path = item.get("path")
+            if path is not None:
+                path = _optional_str(item, "path", MAX_URL_CHARS)
+            hash_mode = bool(item.get("hash_mode"))
+            if memo is None:
+                return _page(path, url, hash_mode)
+            key = (path, url, hash_mode)
             page = memo.pages.get(key)
             if page is None:
-                page = memo.pages[key] = _page(path, url, key[2])
+                page = memo.pages[key] = _page(path, url, hash_mode)
             return page
 
         name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
@@ -305,16 +353,12 @@ def _page(path: str | None, url: str | None, hash_mode: bool) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _utc_day_of(day_number: int) -> str:
+    """Return `streams.visitor.utc_day` of a time on day `day_number` (Unix ms // MS_PER_DAY), cached by day."""
     return utc_day(day_number * MS_PER_DAY)
 
 
-def _utc_day(unix_ms: int) -> str:
-    """Return `streams.visitor.utc_day(unix_ms)`, cached by day."""
-    return _utc_day_of(unix_ms // MS_PER_DAY)
-
-
 def _site_host(item: dict, url: str | None) -> str:
-    host = _optional_str(item, "site", 253) or _optional_str(item, "domain", 253)
+    host = _optional_str(item, "site", MAX_HOST_CHARS) or _optional_str(item, "domain", MAX_HOST_CHARS)
     if host is None and url:
         host = _split_url(url).hostname
     if not host:

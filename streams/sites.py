@@ -46,6 +46,9 @@ class SiteDirectory:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._sites: dict[str, Site] = {}
+        self._normalized_sites: dict[str, Site] = {}
+        """The entries of `_sites` whose host is already normalized, so a host sent in that
+        form is found without normalizing it again."""
         self._loaded_at = float("-inf")
         self._reload_lock = asyncio.Lock()
 
@@ -64,6 +67,9 @@ class SiteDirectory:
         """Return what `lookup` would, or False when the cached directory is too old to answer."""
         if time.monotonic() - self._loaded_at > CACHE_TTL_S:
             return False
+        site = self._normalized_sites.get(host)
+        if site is not None:
+            return site
         return self._sites.get(normalize_host(host))
 
     async def lookup(self, host: str) -> Site | None:
@@ -83,4 +89,5 @@ class SiteDirectory:
             data = orjson.loads(record)
             sites[host.decode()] = Site(data["domain"], data["timezone"], tuple(data.get("aliases", ())))
         self._sites = sites
+        self._normalized_sites = {host: site for host, site in sites.items() if normalize_host(host) == host}
         self._loaded_at = time.monotonic()
