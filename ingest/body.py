@@ -78,7 +78,10 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     except RequestPayloadError as error:
         raise RequestRejected(400, "invalid_body", f"request body could not be read: {error}") from None
 
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None:
+        return body
+    encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding in ("gzip", "x-gzip"):
@@ -122,11 +125,14 @@ def parse_json(body: bytes) -> Any:
     Lone UTF-16 surrogates escaped as `\\uD800` are legal JSON text but cannot be stored as
     UTF-8, so they are replaced with U+FFFD. Bytes that are not UTF-8 are rejected.
     """
-    if not body.strip():
-        raise RequestRejected(400, "empty_body", "request body is empty; send a JSON object or array of events")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
+        # Checked only now, because strip() copies the body: orjson rejects an empty or
+        # whitespace-only body too.
+        if not body.strip():
+            raise RequestRejected(400, "empty_body",
+                                  "request body is empty; send a JSON object or array of events") from None
         if _LONE_SURROGATE_ESCAPE.search(body) and "surrogate" in error.msg and "UTF-8" not in error.msg:
             return _parse_with_lone_surrogates(body)
         raise _invalid_json(body, error.pos, error.msg) from None

@@ -77,10 +77,12 @@ def forwarded_chain(forwarded: str | None, x_forwarded_for: str | None) -> list[
 
 def client_ip(peer: str | None, forwarded: str | None, x_forwarded_for: str | None, trusted: tuple) -> str | None:
     """Return the client address as a string, or None when the peer is unknown."""
+    if not trusted:
+        return _address_text(peer)
     address = parse_ip(peer)
     if address is None:
         return None
-    if not trusted or not _is_trusted(address, trusted):
+    if not _is_trusted(address, trusted):
         return _address_text(peer)
 
     for hop in reversed(forwarded_chain(forwarded, x_forwarded_for)):

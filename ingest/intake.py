@@ -82,11 +82,15 @@ class Intake:
         if not items:
             raise RequestRejected(400, "empty_batch", "the request contains no events")
         try:
-            events, rejections = await self._build(items, context, translate)
+            if translate is None:
+                events, rejections = await self.builder.build(items, context)
+            else:
+                events, rejections = await self._build_translated(items, context, translate)
         except REDIS_ERRORS as error:
             logger.error("site directory or visitor salt unavailable error=%r", error)
             raise _unavailable(len(items)) from None
-        _count_rejections(rejections)
+        if rejections:
+            _count_rejections(rejections)
         if not events:
             raise _nothing_accepted(rejections)
 
@@ -98,10 +102,8 @@ class Intake:
         _count_accepted(events)
         return events, rejections
 
-    async def _build(self, items: list, context: RequestContext,
-                     translate: Callable[[Any], dict] | None) -> tuple[list[Event], list[Rejection]]:
-        if translate is None:
-            return await self.builder.build(items, context)
+    async def _build_translated(self, items: list, context: RequestContext,
+                                translate: Callable[[Any], dict]) -> tuple[list[Event], list[Rejection]]:
         translated: list[dict] = []
         indexes: list[int] = []
         rejections: list[Rejection] = []
@@ -134,8 +136,6 @@ def _nothing_accepted(rejections: list[Rejection]) -> RequestRejected:
 
 
 def _count_rejections(rejections: list[Rejection]) -> None:
-    if not rejections:
-        return
     for reason, count in Counter(r.reason for r in rejections).items():
         metrics.EVENTS_REJECTED.labels(reason).inc(count)
 
