@@ -95,7 +95,7 @@ class Intake:
             raise _nothing_accepted(rejections)
 
         try:
-            await self.writer.write(events)
+            await self.writer.enqueue(events)
         except REDIS_ERRORS:
             # The writer logged the failure once for all the requests it carried.
             raise _unavailable(len(events)) from None

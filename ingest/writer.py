@@ -93,6 +93,14 @@ class StreamWriter:
 
     async def write(self, events: list[Event]) -> None:
         """Return once `events` are in the stream; raise RedisError when the write failed."""
+        await self.enqueue(events)
+
+    def enqueue(self, events: list[Event]) -> asyncio.Future[None]:
+        """Queue `events` for a write; return a future that is done once they are in the stream.
+
+        The future fails with a RedisError when the write failed. Raises WriterOverloaded at once
+        when MAX_QUEUED_EVENTS events are already waiting.
+        """
         if self._queued_events + len(events) > MAX_QUEUED_EVENTS:
             raise WriterOverloaded(f"{self._queued_events} events are already waiting for a stream write")
         future = asyncio.get_running_loop().create_future()
@@ -100,9 +108,9 @@ class StreamWriter:
         self._queued_events += len(events)
         if len(self._flushing) < MAX_WRITES_IN_FLIGHT and self._queued_events == len(events):
             self._flushing.add(asyncio.create_task(self._flush_until_empty()))
-        # Cancelling this request cancels only its future. The write runs in its own task and
-        # still carries the events, so other requests in the same write are unaffected.
-        await future
+        # Cancelling the request that awaits the future cancels only that future. The write runs in
+        # its own task and still carries the events, so other requests in the same write are unaffected.
+        return future
 
     async def close(self) -> None:
         """Wait for the writes in flight; called when the app stops."""

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from ingest import writer as writer_module
 from ingest.group_commit import GroupCommitWriter
+from ingest.writer import WriterOverloaded
 from ingest.intake import INTAKE_KEY
 from ingest.resp import ConnectionOptions, options_of
 from streams.event import Event, decode_entry
@@ -143,6 +144,30 @@ async def test_error_reply_fails_only_its_request(redis_server, monkeypatch):
     assert sorted(event.id for event in stored) == sorted(e.id for e in make_events(0, 1) + make_events(2, 3))
     assert metric("weir_collect_stream_write_failures_total") == failures_before + 1
     await admin.aclose()
+
+
+async def test_enqueue_future_done_once_stored(redis_server, monkeypatch):
+    writer = GroupCommitWriter(writer_options(redis_server), EVENTS_STREAM)
+    client = Redis.from_url(redis_server.url)
+    try:
+        future = writer.enqueue(make_events(0, 2))
+        assert not future.done()
+        await future
+        assert [event.id for event in await stream_events(client)] == [e.id for e in make_events(0, 2)]
+
+        # Over the queue limit, enqueue raises at once and queues nothing.
+        monkeypatch.setattr(writer_module, "MAX_QUEUED_EVENTS", 3)
+        queued = writer.enqueue(make_events(1, 2))
+        with pytest.raises(WriterOverloaded):
+            writer.enqueue(make_events(2, 2))
+        assert writer._queued_events == 2
+        await queued
+    finally:
+        await writer.close()
+
+    stored = [event.id for event in await stream_events(client)]
+    assert stored == [e.id for e in make_events(0, 2) + make_events(1, 2)]
+    await client.aclose()
 
 
 async def test_partitions_written_in_transaction(redis_server):
