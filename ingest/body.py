@@ -69,8 +69,9 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     The app turns aiohttp's own decompression off (`auto_decompress=False`), so the bytes read
     here are the bytes sent.
     """
-    if request.content_length is not None and request.content_length > limit_bytes:
-        raise _too_large(f"body is {request.content_length} bytes; the limit is {limit_bytes}")
+    content_length = request.content_length
+    if content_length is not None and content_length > limit_bytes:
+        raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -339,12 +339,15 @@ def _unknown_site(host: str) -> InvalidEvent:
 def _page(path: str | None, url: str | None, hash_mode: bool) -> str:
     """Return a pageview's action: the decoded path of `path` or else of `url`, with the fragment in hash mode."""
     if path is None and url:
+        # urlsplit has cut the query and the fragment off the path already.
         parts = _split_url(url)
-        path = (parts.path or "/") + (f"#{parts.fragment}" if parts.fragment else "")
-    if path is None:
+        path, fragment = parts.path or "/", parts.fragment
+    elif path is None:
         raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
-    path, _, fragment = path.partition("#")
-    path = decode_path(path.split("?", 1)[0]) or "/"
+    else:
+        path, _, fragment = path.partition("#")
+        path = path.split("?", 1)[0]
+    path = decode_path(path) or "/"
     if fragment and hash_mode:
         # Hash-routed single-page apps keep their route in the fragment.
         path = f"{path}#{decode_path(fragment)}"
