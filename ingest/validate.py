@@ -269,22 +269,10 @@ class EventBuilder:
         if referrer.__class__ is not str or not 0 < len(referrer) <= MAX_URL_CHARS:
             referrer = _optional_str(item, "referrer", MAX_URL_CHARS)
 
-        return Event(
-            id=event_id,
-            site=site,
-            type=event_type,
-            action=action,
-            timestamp_ms=timestamp_ms,
-            received_ms=context.received_ms,
-            visitor_id=visitor,
-            url=url,
-            referrer=referrer,
-            user_agent=user_agent,
-            ip=ip,
-            user_id=user_id,
-            props=props,
-            source=context.source,
-        )
+        # Positional, in the order of Event's fields: with keywords the call took 0.71 µs
+        # instead of 0.27 (timeit on the machine of bench/collector/RESULTS.md).
+        return Event(event_id, site, event_type, action, timestamp_ms, context.received_ms, visitor, url, referrer,
+                     user_agent, ip, user_id, props, context.source)
 
     async def _resolve_site(self, host: str) -> str:
         site = await self._sites.lookup(host)
