@@ -62,7 +62,10 @@ async def post_collect(request: web.Request) -> web.Response:
     payload = parse_json(await read_body(request))
     items, sent_at = payload_items(payload)
 
-    context = intake.context(request, sent_at_ms=None if sent_at is None else _batch_sent_at(sent_at))
+    if sent_at is None:
+        context = intake.context(request)
+    else:
+        context = intake.context(request, sent_at_ms=_batch_sent_at(sent_at))
     events, rejections = await intake.accept(items, context)
     if len(events) == 1 and not rejections:
         return accepted_one_response(events[0].id)
