@@ -84,16 +84,66 @@ def _zone(name: str) -> ZoneInfo:
 
 def local_hour(unix_ms: int, timezone_name: str) -> datetime:
     """Return the UTC instant at which the local hour holding `unix_ms` starts."""
-    local = datetime.fromtimestamp(unix_ms / 1000, _zone(timezone_name))
-    return local.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+    return _buckets(unix_ms, timezone_name)[0]
 
 
 def local_date(unix_ms: int, timezone_name: str) -> date:
-    return datetime.fromtimestamp(unix_ms / 1000, _zone(timezone_name)).date()
+    return _buckets(unix_ms, timezone_name)[1]
+
+
+_MINUTE_MS = 60_000
+MINUTE_CACHE_SIZE = 50_000
+"""UTC minutes whose buckets _buckets keeps per zone (about 35 days); a full cache is emptied."""
+
+
+@lru_cache(maxsize=64)
+def _minute_cache(timezone_name: str) -> dict[int, tuple[datetime, date] | None]:
+    return {}
 
 
 def _buckets(unix_ms: int, timezone_name: str) -> tuple[datetime, date]:
-    """Return the hourly bucket and the local date of `unix_ms`, as local_hour and local_date do."""
+    """Return the hourly bucket and the local date of `unix_ms` (see _exact_buckets), cached per UTC minute.
+
+    Converting an instant with ZoneInfo took 2.6 µs on CPython 3.11 (a cache hit 0.16 µs), and a
+    batch converts each event and session start several times, mostly within a few minutes.
+    """
+    cache = _minute_cache(timezone_name)
+    minute = unix_ms // _MINUTE_MS
+    buckets = cache.get(minute)
+    if buckets is None:
+        if minute not in cache:
+            if len(cache) >= MINUTE_CACHE_SIZE:
+                cache.clear()
+            buckets = cache[minute] = _uniform_buckets(minute, timezone_name)
+        if buckets is None:
+            return _exact_buckets(unix_ms, timezone_name)
+    return buckets
+
+
+def _uniform_buckets(minute: int, timezone_name: str) -> tuple[datetime, date] | None:
+    """Return the buckets every instant of a UTC minute shares, or None when they differ within it.
+
+    The first and the last millisecond of the minute must have the same buckets and the same UTC
+    offset. A constant offset makes local time move with UTC, so the buckets, which only grow
+    with local time, are the same in between. A minute that an offset change, or a zone offset
+    that is not a whole number of minutes, splits is converted per instant.
+
+    NOTE: this assumes that no zone changes its offset twice within one minute and back.
+    """
+    zone = _zone(timezone_name)
+    first_ms = minute * _MINUTE_MS
+    last_ms = first_ms + _MINUTE_MS - 1
+    first, last = datetime.fromtimestamp(first_ms / 1000, zone), datetime.fromtimestamp(last_ms / 1000, zone)
+    if first.utcoffset() != last.utcoffset():
+        return None
+    buckets = _exact_buckets(first_ms, timezone_name)
+    if buckets != _exact_buckets(last_ms, timezone_name):
+        return None
+    return buckets
+
+
+def _exact_buckets(unix_ms: int, timezone_name: str) -> tuple[datetime, date]:
+    """Return the UTC start of the local hour holding `unix_ms`, and its local date."""
     local = datetime.fromtimestamp(unix_ms / 1000, _zone(timezone_name))
     return local.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc), local.date()
 
