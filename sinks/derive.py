@@ -21,8 +21,8 @@ from sinks.months import closed_among
 from sinks.rollups import record_visitors, write_rollups
 from streams.event import Event
 from streams.fingerprint import EventFacts, Fingerprint, VisitorNetwork, describe, from_row, merge, merge_events
-from streams.rollup import (ALL_SESSION_DIMENSIONS, DAILY, event_contributions, local_date, monthly_contributions,
-                            property_values, session_change, visitor_change, visitor_days)
+from streams.rollup import (ALL_SESSION_DIMENSIONS, DAILY, SessionFacts, SessionRollup, VisitorRollup, event_contributions,
+                            local_date, monthly_contributions, property_values, visitor_days)
 from streams.sites import Site
 
 
@@ -89,14 +89,16 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
         event_contributions(counts, e.type, e.action, e.timestamp_ms, item.is_bot, site.timezone,
                             () if item.is_bot else property_values(e.type, e.action, e.props))
 
-    # Step 2: fingerprints of the sessions that gained events or absorbed others.
-    sessions, stored = await _update_sessions(conn, site, new_events, part.renames, counts, result)
+    # Step 2: fingerprints of the sessions that gained events or absorbed others. The facts of
+    # their rows are read again for unique visitors, and the rows stay alive until then.
+    facts: dict[int, SessionFacts] = {}
+    sessions, stored = await _update_sessions(conn, site, new_events, part.renames, counts, result, facts)
 
     # Step 3: visitors newly seen on a local day, and the change of every visitor's unique counts.
     visits = {(local_date(i.event.timestamp_ms, site.timezone), i.event.visitor_id)
               for i in new_events if not i.is_bot}
     result.new_visitors = len(await record_visitors(conn, site.domain, visits))
-    await _visitor_counts(conn, site, new_events, part.renames, sessions, stored, counts)
+    await _visitor_counts(conn, site, new_events, part.renames, sessions, stored, counts, facts)
 
     # Step 4: the same counts per local month, for the months already closed (sinks.months).
     # Nearly every batch falls in the month in progress, which is never closed, so the months
@@ -109,9 +111,12 @@ async def _derive_site(conn: asyncpg.Connection, part: SiteBatch) -> tuple[Deriv
 
 
 async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
-                           renames: dict[str, str], counts: Counter,
-                           result: DeriveResult) -> tuple[dict[str, dict], dict[str, asyncpg.Record]]:
-    """Merge, describe and save the changed sessions; return their new rows and their stored rows."""
+                           renames: dict[str, str], counts: Counter, result: DeriveResult,
+                           facts: dict[int, SessionFacts]) -> tuple[dict[str, dict], dict[str, asyncpg.Record]]:
+    """Merge, describe and save the changed sessions; return their new rows and their stored rows.
+
+    `facts` caches session_facts of the rows, which must outlive it.
+    """
     by_session: dict[str, list[NewEvent]] = defaultdict(list)
     for item in new_events:
         by_session[item.session_id].append(item)
@@ -133,8 +138,10 @@ async def _update_sessions(conn: asyncpg.Connection, site: Site, new_events: Seq
             merged = merge_events(merged, session_id, first.site, first.visitor_id, [_facts(item) for item in items])
         rows[session_id] = describe(merged, hosts)
 
+    changes = SessionRollup(site.timezone, facts)
     for session_id in {*targets, *renames}:
-        session_change(counts, stored.get(session_id), rows.get(session_id), site.timezone)
+        changes.change(stored.get(session_id), rows.get(session_id))
+    changes.flush(counts)
 
     await delete_fingerprints(conn, site.domain, sorted(s for s in renames if s in stored))
     await save_fingerprints(conn, list(rows.values()))
@@ -168,7 +175,7 @@ _WINDOW = timedelta(days=2)
 
 async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequence[NewEvent],
                           renames: dict[str, str], sessions: dict[str, dict], stored: dict[str, asyncpg.Record],
-                          counts: Counter) -> None:
+                          counts: Counter, facts: dict[int, SessionFacts]) -> None:
     """Add the change of the unique-visitor rows of every visitor this batch touched.
 
     Reads the visitors' human events and sessions near the batch (raw_events already contains the
@@ -219,13 +226,15 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
             sessions_before[row["visitor_id"]].append(row)
 
     tz = site.timezone
-    # Untouched sessions are the same row objects before and after, so their pairs are built once.
-    session_pairs: dict = {}
+    # Untouched sessions are the same row objects before and after, so their facts are built once.
+    # The fetched rows stay alive in sessions_after until the cache is dropped.
+    changes = VisitorRollup()
     for visitor in visitors:
         after = events_after.get(visitor, Counter())
         before = after - events_new.get(visitor, Counter())
-        visitor_change(counts, visitor_days(before, sessions_before.get(visitor, ()), tz, session_pairs),
-                       visitor_days(after, sessions_after.get(visitor, ()), tz, session_pairs))
+        changes.change(visitor_days(before, sessions_before.get(visitor, ()), tz, facts),
+                       visitor_days(after, sessions_after.get(visitor, ()), tz, facts))
+    changes.flush(counts)
 
 
 def _at(unix_ms: int) -> datetime:

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams.rollup import (ALL_SESSION_DIMENSIONS, _buckets, _exact_buckets, local_date, local_hour, session_change,
-                            session_contributions)
+from streams.rollup import (ALL_SESSION_DIMENSIONS, RollupKey, SessionRollup, VisitorRollup, _buckets, _exact_buckets,
+                            local_date, local_hour, session_change, session_contributions)
 
 START = datetime(2026, 3, 29, 0, 40, tzinfo=timezone.utc)
 
@@ -129,3 +129,109 @@ def test_cached_buckets_local_mean_time():
     assert hour_start % 60_000 == 28_000
     assert local_hour(hour_start - 1, zone) == local_hour(hour_start, zone) - timedelta(hours=1)
     assert local_hour(hour_start, zone).timestamp() * 1000 == hour_start
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)[:1024]
+
+
+def _add_session_one_key_at_a_time(out: Counter, row: dict, zone: str, sign: int) -> None:
+    """Add one session's counts key by key: the definition that SessionRollup sums faster."""
+    if row["is_bot"]:
+        return
+    local = row["started_at"].astimezone(ZoneInfo(zone))
+    hour = local.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+    counts = [("sessions", sign)]
+    if row["is_bounce"]:
+        counts.append(("bounces", sign))
+    if row["duration_s"]:
+        counts.append(("session_duration_s", sign * row["duration_s"]))
+    for metric, value in counts:
+        out[RollupKey("hour", hour, metric, None, None)] += value
+        out[RollupKey("day", local.date(), metric, None, None)] += value
+        for dimension in ALL_SESSION_DIMENSIONS:
+            out[RollupKey("day", local.date(), metric, dimension, _text(row[dimension]))] += value
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu", "America/St_Johns"])
+def test_session_rollup_equals_key_by_key_sums(zone):
+    rng = random.Random(zone)
+    rows = []
+    for _ in range(500):
+        row = _row(rng, START + timedelta(minutes=rng.randrange(0, 3000)))
+        # Text longer than a dimension value, a number and a flag, as _dimension_text stores them.
+        row[rng.choice(ALL_SESSION_DIMENSIONS)] = rng.choice(["x" * 1100, 64512, True, False, "a"])
+        rows.append((row, rng.choice([1, -1])))
+    expected: Counter = Counter()
+    for row, sign in rows:
+        _add_session_one_key_at_a_time(expected, row, zone, sign)
+    rollup = SessionRollup(zone, {})
+    for row, sign in rows:
+        rollup.add(row, sign)
+    got: Counter = Counter()
+    rollup.flush(got)
+    # Exact: the same keys, zero sums included, with the same values.
+    assert dict(got) == dict(expected)
+    assert all(isinstance(key, RollupKey) for key in got)
+
+
+def test_session_rollup_changes_equal_old_out_new_in():
+    rng = random.Random(5)
+    pairs = []
+    for _ in range(1000):
+        old = _row(rng, START + timedelta(minutes=rng.randrange(0, 600)))
+        pairs.append(rng.choice([(old, _changed(rng, old)), (None, old), (old, None)]))
+    expected: Counter = Counter()
+    for old, new in pairs:
+        if old is not None:
+            _add_session_one_key_at_a_time(expected, old, "Europe/Berlin", -1)
+        if new is not None:
+            _add_session_one_key_at_a_time(expected, new, "Europe/Berlin", +1)
+    rollup = SessionRollup("Europe/Berlin", {})
+    for old, new in pairs:
+        rollup.change(old, new)
+    got: Counter = Counter()
+    rollup.flush(got)
+    assert _nonzero(got) == _nonzero(expected)
+
+
+def _visitor_change_one_key_at_a_time(out: Counter, before: dict, after: dict) -> None:
+    for day in before.keys() | after.keys() | {d + timedelta(days=1) for d in before.keys() | after.keys()}:
+        old, new = before.get(day, set()), after.get(day, set())
+        old_overlap = old & before.get(day - timedelta(days=1), set())
+        new_overlap = new & after.get(day - timedelta(days=1), set())
+        for pair in new - old:
+            out[RollupKey("day", day, "visitors", *pair)] += 1
+        for pair in old - new:
+            out[RollupKey("day", day, "visitors", *pair)] -= 1
+        for pair in new_overlap - old_overlap:
+            out[RollupKey("day", day, "visitors_overlap", *pair)] += 1
+        for pair in old_overlap - new_overlap:
+            out[RollupKey("day", day, "visitors_overlap", *pair)] -= 1
+
+
+def test_visitor_rollup_equals_key_by_key_sums():
+    rng = random.Random(9)
+    days = [START.date() + timedelta(days=n) for n in range(3)]
+    values = [(None, None), ("page", "/"), ("page", "/a"), ("country", "DE"), ("country", ""), ("event", "signup")]
+    changes = []
+    for _ in range(2000):
+        before = {day: set(rng.sample(values, rng.randrange(1, 4))) for day in rng.sample(days, rng.randrange(0, 3))}
+        after = {day: pairs | set(rng.sample(values, rng.randrange(0, 2))) for day, pairs in before.items()}
+        if rng.random() < 0.5:
+            after[rng.choice(days)] = set(rng.sample(values, 2))
+        changes.append((before, after))
+    expected: Counter = Counter()
+    for before, after in changes:
+        _visitor_change_one_key_at_a_time(expected, before, after)
+    rollup = VisitorRollup()
+    for before, after in changes:
+        rollup.change(before, after)
+    got: Counter = Counter()
+    rollup.flush(got)
+    assert _nonzero(got) == _nonzero(expected)
+    assert len(_nonzero(got)) > 20
