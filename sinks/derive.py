@@ -26,7 +26,9 @@ from streams.rollup import (ALL_SESSION_DIMENSIONS, DAILY, SessionFacts, Session
 from streams.sites import Site
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
+# one per event about four times slower (0.66 against 0.15 µs on CPython 3.11).
+@dataclass(slots=True)
 class NewEvent:
     """An event this transaction inserted, with what the processor derived for it."""
 
@@ -229,9 +231,12 @@ async def _visitor_counts(conn: asyncpg.Connection, site: Site, new_events: Sequ
     # Untouched sessions are the same row objects before and after, so their facts are built once.
     # The fetched rows stay alive in sessions_after until the cache is dropped.
     changes = VisitorRollup()
+    empty: Counter = Counter()
     for visitor in visitors:
-        after = events_after.get(visitor, Counter())
-        before = after - events_new.get(visitor, Counter())
+        after = events_after.get(visitor, empty)
+        new = events_new.get(visitor, empty)
+        # A visitor first seen in this batch has only new events. dict.__eq__ compares in C, unlike Counter.__eq__.
+        before = empty if dict.__eq__(after, new) else after - new
         changes.change(visitor_days(before, sessions_before.get(visitor, ()), tz, facts),
                        visitor_days(after, sessions_after.get(visitor, ()), tz, facts))
     changes.flush(counts)

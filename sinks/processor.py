@@ -195,7 +195,9 @@ class Processor:
                     # tables were small or had no statistics yet (autovacuum off) stays in use as they grow.
                     await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                     session_ids, renames = await assign_sessions(conn, events)
-                    batch = [StoredEvent(e, sid, x.is_bot) for e, sid, x in zip(events, session_ids, enrichments)]
+                    # Each id is parsed once here, for the COPY's duplicates and for the derived tables.
+                    batch = [StoredEvent(e, sid, x.is_bot, uuid.UUID(e.id))
+                             for e, sid, x in zip(events, session_ids, enrichments)]
                     inserted = await write_raw_events(conn, batch)
                     await record_networks(conn, ((e.site, e.visitor_id, x.network)
                                                  for e, x in zip(events, enrichments) if x.network is not None))
@@ -228,7 +230,7 @@ class Processor:
         new_by_site: dict[str, list[NewEvent]] = defaultdict(list)
         seen: set = set()
         for stored, enrichment in zip(batch, enrichments):
-            event_id = uuid.UUID(stored.event.id)
+            event_id = stored.event_id
             if event_id in inserted and event_id not in seen:
                 seen.add(event_id)
                 new_by_site[stored.event.site].append(

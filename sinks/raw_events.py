@@ -50,6 +50,8 @@ class StoredEvent:
     event: Event
     session_id: str
     is_bot: bool
+    event_id: uuid.UUID | None = None
+    """`event.id` parsed, when the caller parsed it already; write_raw_events parses it otherwise."""
 
 
 def to_record(stored: StoredEvent) -> tuple:
@@ -86,7 +88,7 @@ async def write_raw_events(conn: asyncpg.Connection, batch: Sequence[StoredEvent
     inserted: set[uuid.UUID] = set()
     seen: set[tuple] = set()
     for stored, record in zip(batch, records):
-        event_id = uuid.UUID(stored.event.id)
+        event_id = stored.event_id if stored.event_id is not None else uuid.UUID(stored.event.id)
         key = (event_id, record[6])
         if key in seen:
             continue

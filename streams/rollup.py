@@ -244,8 +244,10 @@ def session_change(out: Counter, old, new, timezone_name: str) -> None:
 
 SessionFacts = tuple[date, list[tuple[str, str]], list[tuple]]
 """The facts the rollups read from one session row: its local date, its (dimension, text) pairs,
-and its rollup keys without the metric: (granularity, bucket, dimension, text) for the hourly and
-daily totals and for each pair."""
+and its rollup keys without the metric, as ((granularity, bucket), (dimension, text)): the hourly
+and daily totals, then the daily row of each pair. Pairs of tuples are built by zip in C."""
+
+_TOTAL = (None, None)
 
 _session_values = operator.itemgetter(*ALL_SESSION_DIMENSIONS)
 
@@ -268,8 +270,8 @@ def session_facts(row, timezone_name: str, cache: dict[int, SessionFacts] | None
     # Most values are short text, which _dimension_text would return unchanged.
     pairs = [(dimension, value if value.__class__ is str and len(value) <= 1024 else _dimension_text(value))
              for dimension, value in zip(ALL_SESSION_DIMENSIONS, values)]
-    keys = [(HOURLY, hour, None, None), (DAILY, day, None, None)]
-    keys += [(DAILY, day, dimension, text) for dimension, text in pairs]
+    keys = [((HOURLY, hour), _TOTAL), ((DAILY, day), _TOTAL)]
+    keys += zip(repeat((DAILY, day)), pairs)
     facts = (day, pairs, keys)
     if cache is not None:
         cache[id(row)] = facts
@@ -345,7 +347,7 @@ class SessionRollup:
         get = out.get
         for sums, sign in ((self._plus, 1), (self._minus, -1), (self._weighted, 1)):
             for metric, counts in sums.items():
-                for (granularity, bucket, dimension, text), value in counts.items():
+                for ((granularity, bucket), (dimension, text)), value in counts.items():
                     key = _new_key(RollupKey, (granularity, bucket, metric, dimension, text))
                     out[key] = get(key, 0) + sign * value
         self._plus, self._minus, self._weighted = {}, {}, {}
