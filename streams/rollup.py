@@ -242,10 +242,9 @@ def session_change(out: Counter, old, new, timezone_name: str) -> None:
     sessions.flush(out)
 
 
-SessionFacts = tuple[date, list[tuple[str, str]], list[tuple]]
-"""The facts the rollups read from one session row: its local date, its (dimension, text) pairs,
-and its rollup keys without the metric, as ((granularity, bucket), (dimension, text)): the hourly
-and daily totals, then the daily row of each pair. Pairs of tuples are built by zip in C."""
+SessionFacts = tuple[datetime, date, tuple[tuple[str, str], ...]]
+"""The facts the rollups read from one session row: its hourly bucket, its local date, and its
+(dimension, text) pairs in ALL_SESSION_DIMENSIONS order."""
 
 _TOTAL = (None, None)
 
@@ -268,14 +267,23 @@ def session_facts(row, timezone_name: str, cache: dict[int, SessionFacts] | None
     except KeyError:
         values = [row.get(dimension) for dimension in ALL_SESSION_DIMENSIONS]
     # Most values are short text, which _dimension_text would return unchanged.
-    pairs = [(dimension, value if value.__class__ is str and len(value) <= 1024 else _dimension_text(value))
-             for dimension, value in zip(ALL_SESSION_DIMENSIONS, values)]
-    keys = [((HOURLY, hour), _TOTAL), ((DAILY, day), _TOTAL)]
-    keys += zip(repeat((DAILY, day)), pairs)
-    facts = (day, pairs, keys)
+    texts = [value if value.__class__ is str and len(value) <= 1024 else _dimension_text(value) for value in values]
+    facts = (hour, day, tuple(zip(ALL_SESSION_DIMENSIONS, texts)))
     if cache is not None:
         cache[id(row)] = facts
     return facts
+
+
+def _session_keys(facts: SessionFacts, pairs=None, totals: bool = True) -> list[tuple]:
+    """Return a session's rollup keys without the metric, as ((granularity, bucket), (dimension, text)).
+
+    These are the hourly and daily totals, unless `totals` is false, and the daily row of each
+    of `pairs` (default: all of the session's pairs). zip builds the nested tuples in C.
+    """
+    hour, day, all_pairs = facts
+    keys = [((HOURLY, hour), _TOTAL), ((DAILY, day), _TOTAL)] if totals else []
+    keys += zip(repeat((DAILY, day)), all_pairs if pairs is None else pairs)
+    return keys
 
 
 class SessionRollup:
@@ -300,7 +308,7 @@ class SessionRollup:
         """Add (sign=+1) or remove (sign=-1) one session's counts, as session_contributions describes."""
         if row["is_bot"]:
             return
-        keys = session_facts(row, self.timezone_name, self._cache)[2]
+        keys = _session_keys(session_facts(row, self.timezone_name, self._cache))
         for metric, value in _session_counts(row, sign):
             self._add(metric, value, keys)
 
@@ -315,20 +323,24 @@ class SessionRollup:
         bounce = int(bool(new["is_bounce"])) - int(bool(old["is_bounce"]))
         duration = int(new["duration_s"]) - int(old["duration_s"])
         moved = [(metric, value) for metric, value in (("bounces", bounce), ("session_duration_s", duration)) if value]
-        old_keys = session_facts(old, self.timezone_name, self._cache)[2]
-        new_keys = session_facts(new, self.timezone_name, self._cache)[2]
-        # Both rows have the same start, so their keys differ only where a dimension value changed,
-        # such as a session's exit page. Such a value moves the whole session between values.
-        same = [key for key, other in zip(new_keys, old_keys) if key == other]
-        for metric, value in moved:
-            self._add(metric, value, same)
-        if len(same) < len(new_keys):
-            gone = [key for key, other in zip(old_keys, new_keys) if key != other]
-            came = [key for key, other in zip(new_keys, old_keys) if key != other]
+        old_facts = session_facts(old, self.timezone_name, self._cache)
+        new_facts = session_facts(new, self.timezone_name, self._cache)
+        # Both rows have the same start, so they share their totals, and their keys differ only where a
+        # dimension value changed, such as a session's exit page. Such a value moves the whole session.
+        if old_facts[2] == new_facts[2]:
+            same = _session_keys(new_facts)
+        else:
+            same = _session_keys(new_facts, [pair for pair, other in zip(new_facts[2], old_facts[2]) if pair == other])
+            gone = _session_keys(old_facts, [pair for pair, other in zip(old_facts[2], new_facts[2]) if pair != other],
+                                 totals=False)
+            came = _session_keys(new_facts, [pair for pair, other in zip(new_facts[2], old_facts[2]) if pair != other],
+                                 totals=False)
             for metric, value in _session_counts(old, -1):
                 self._add(metric, value, gone)
             for metric, value in _session_counts(new, +1):
                 self._add(metric, value, came)
+        for metric, value in moved:
+            self._add(metric, value, same)
 
     def _add(self, metric: str, value: int, keys: list[tuple]) -> None:
         # Counter.update of a list counts each element once, in C.
@@ -388,7 +400,7 @@ def visitor_days(events, sessions, timezone_name: str, session_cache: dict[int, 
     for row in sessions:
         if row["is_bot"]:
             continue
-        day, pairs, _keys = session_facts(row, timezone_name, session_cache)
+        _hour, day, pairs = session_facts(row, timezone_name, session_cache)
         values = days.get(day)
         if values is None:
             values = days[day] = set()
