@@ -331,14 +331,14 @@ class SessionRollup:
             same = _session_keys(new_facts)
         else:
             same = _session_keys(new_facts, [pair for pair, other in zip(new_facts[2], old_facts[2]) if pair == other])
-            gone = _session_keys(old_facts, [pair for pair, other in zip(old_facts[2], new_facts[2]) if pair != other],
+            removed = _session_keys(old_facts, [pair for pair, other in zip(old_facts[2], new_facts[2]) if pair != other],
                                  totals=False)
-            came = _session_keys(new_facts, [pair for pair, other in zip(new_facts[2], old_facts[2]) if pair != other],
+            added = _session_keys(new_facts, [pair for pair, other in zip(new_facts[2], old_facts[2]) if pair != other],
                                  totals=False)
             for metric, value in _session_counts(old, -1):
-                self._add(metric, value, gone)
+                self._add(metric, value, removed)
             for metric, value in _session_counts(new, +1):
-                self._add(metric, value, came)
+                self._add(metric, value, added)
         for metric, value in moved:
             self._add(metric, value, same)
 
