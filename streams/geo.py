@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from streams.network import IPAddress, describe_mmdb, open_mmdb, plevin_spine_column, public_address
+from streams.network import IPAddress, PlevinFields, describe_mmdb, open_mmdb, plevin_spine_column, public_address
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 # the 1,753 addresses of the test access log), so a full cache takes an
 # estimated 25 MB.
 CACHE_SIZE = 100_000
-# Places (rows of the plevin place table) whose GeoInfo is kept. Building a
-# place's dictionaries took about half of a lookup's time in a cProfile run on
-# bench/processor's traffic, and every address of a city shares its place.
+# Places (rows of the plevin place table) whose GeoInfo is kept. Reading a
+# place's fields decodes blocks of the file, and every address of a city
+# shares its place.
 PLACE_CACHE_SIZE = 50_000
 
 
@@ -127,6 +127,7 @@ class _PlevinGeo:
         self._file = File(plevin_db_place.PATH)
         self.description = f"plevin-db-place built {self._file.built}"
         self._place_links = {version: plevin_spine_column(self._file, version, "place") for version in (4, 6)}
+        self._fields = PlevinFields(self._file)
         self._describe_cached = functools.lru_cache(maxsize=PLACE_CACHE_SIZE)(self._describe)
 
     def find(self, address: IPAddress) -> GeoInfo:
@@ -141,16 +142,22 @@ class _PlevinGeo:
         return self._describe_cached(link) if link else NO_GEO
 
     def _describe(self, link: int) -> GeoInfo:
-        place = self._file.rows[("place", link - 1)]
-        if not place:
+        # Reads only the fields used here. The row dictionaries (file.rows) would give the same
+        # values, and tests/streams/test_geo.py compares the two.
+        fields = self._fields
+        if "place" not in fields.tables:
             return NO_GEO
-        town = place.get("city") or {}
-        granularity = place.get("granularity") or "city"
+        place = link - 1
+        town = fields.link("place", "city", place) - 1
+        granularity = fields.value("place", "granularity", place) or "city"
         # A "region" or "country" granularity row carries a city record only
         # for its region and country, so that city's name is not the address's.
-        region = (town.get("region") or {}).get("name") if granularity in ("city", "region") else None
-        city = town.get("name") if granularity == "city" else None
-        country = town.get("country") or None
+        region = None
+        if town >= 0 and granularity in ("city", "region"):
+            region_link = fields.link("city", "region", town)
+            region = fields.value("region", "name", region_link - 1) if region_link else None
+        city = fields.value("city", "name", town) if town >= 0 and granularity == "city" else None
+        country = (fields.value("city", "country", town) if town >= 0 else None) or None
         if country is None and region is None and city is None:
             return NO_GEO
         return GeoInfo(country=country, region=region or None, city=city or None)

@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -45,9 +46,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # estimated 35 MB.
 CACHE_SIZE = 100_000
 # Networks (with the address range's own abuse record) whose NetworkOwner the
-# plevin source keeps, and distinct owners whose NetworkInfo is kept. Building
-# a network's dictionaries took about half of a lookup's time in a cProfile
-# run on bench/processor's traffic, and many addresses share a network.
+# plevin source keeps, and distinct owners whose NetworkInfo is kept. Reading
+# a network's fields decodes blocks of the file, and many addresses share a
+# network.
 NETWORK_CACHE_SIZE = 50_000
 OWNER_CACHE_SIZE = 20_000
 
@@ -351,6 +352,7 @@ class _PlevinNetwork:
         self.description = f"plevin-db-network built {self._file.built}"
         self._links = {version: (plevin_spine_column(self._file, version, "network"),
                                  plevin_spine_column(self._file, version, "abuse")) for version in (4, 6)}
+        self._fields = PlevinFields(self._file)
         self._owner_cached = functools.lru_cache(maxsize=NETWORK_CACHE_SIZE)(self._owner)
 
     def find(self, address: IPAddress) -> NetworkOwner:
@@ -369,18 +371,72 @@ class _PlevinNetwork:
         return self._owner_cached(network_link, abuse_link) if network_link else NO_OWNER
 
     def _owner(self, network_link: int, abuse_link: int) -> NetworkOwner:
-        network = self._file.rows[("network", network_link - 1)]
-        abuse = self._file.rows[("abuse", abuse_link - 1)] if abuse_link else {}
-        if not network:
+        # Reads only the fields used here. The row dictionaries (file.rows) would give the same
+        # values, and tests/streams/test_network.py compares the two.
+        fields = self._fields
+        if "network" not in fields.tables:
             return NO_OWNER
-        operator = network.get("operator") or {}
-        asn = network.get("asn") or None
-        org = operator.get("company") or network.get("handle") or None
+        network = network_link - 1
+        operator_link = fields.link("network", "operator", network)
+        company = fields.value("operator", "company", operator_link - 1) if operator_link else None
+        asn = fields.value("network", "asn", network) or None
+        org = company or fields.value("network", "handle", network) or None
         if asn is None and org is None:
             return NO_OWNER
         # The address's own type, from feeds that name the range, beats its operator's category.
-        category = abuse.get("user_type") or operator.get("category") or None
+        user_type = fields.value("abuse", "user_type", abuse_link - 1) if abuse_link else None
+        category = user_type or (fields.value("operator", "category", operator_link - 1) if operator_link else None) or None
         return NetworkOwner(asn=asn, org=org, category=category)
+
+
+class PlevinFields:
+    """Reads single fields of the linked rows of a plevin file, as `file.rows` builds them.
+
+    `file.rows[(table, row)]` of plevin 0.2.3 (pinned in pyproject.toml) decodes every column of
+    the row and of each row it links to, as dictionaries: about 30 fields for a place, of which
+    the geo source reads four. Each field here is read the way that row building reads it
+    (File._linked), from the plans in `file.tables`.
+    """
+
+    def __init__(self, file: Any) -> None:
+        from plevin.reader import DEGREES
+
+        self._readers: dict[tuple[str, str], Callable[[int], Any]] = {}
+        self._links: dict[tuple[str, str], Callable[[int], int]] = {}
+        for table, (plain, text, degrees, coded, links) in file.tables.items():
+            for field, section in plain:
+                self._readers[(table, field)] = section.__getitem__
+            for field, section, pool in text:
+                self._readers[(table, field)] = functools.partial(_read_text, section, pool)
+            for field, section in degrees:
+                self._readers[(table, field)] = functools.partial(_read_degrees, section, DEGREES)
+            for field, section, read in coded:
+                self._readers[(table, field)] = functools.partial(_read_coded, section, read)
+            for field, section in links:
+                self._links[(table, field)] = section.__getitem__
+        self.tables = frozenset(file.tables)
+
+    def value(self, table: str, field: str, row: int) -> Any:
+        """Return a field of row `row` (counted from 0) of `table`, or None when the file has no such field."""
+        reader = self._readers.get((table, field))
+        return None if reader is None else reader(row)
+
+    def link(self, table: str, field: str, row: int) -> int:
+        """Return the row that a link field points to plus one, or 0 for none or when the file has no such link."""
+        reader = self._links.get((table, field))
+        return 0 if reader is None else reader(row)
+
+
+def _read_text(section: Any, pool: Any, row: int) -> str:
+    return pool[section[row]]
+
+
+def _read_degrees(section: Any, degrees: int, row: int) -> float:
+    return section[row] / degrees
+
+
+def _read_coded(section: Any, read: Callable[[int], Any], row: int) -> Any:
+    return read(section[row])
 
 
 def plevin_spine_column(file: Any, version: int, table: str) -> Any:

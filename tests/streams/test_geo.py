@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import random
 from pathlib import Path
 
 import maxminddb
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from streams.geo import NO_GEO, GeoInfo, GeoLookup
+from streams.geo import NO_GEO, GeoInfo, GeoLookup, _PlevinGeo
 
 ACCESS_LOG = Path(__file__).resolve().parents[1] / "data" / "access-logs" / "apache_combined.log"
 
@@ -158,3 +159,32 @@ def test_mmdb_invalid_file_raises(tmp_path: Path) -> None:
     not_mmdb.write_bytes(b"\x00" * 4096)
     with pytest.raises(maxminddb.InvalidDatabaseError):
         GeoLookup(not_mmdb)
+
+
+def _describe_from_rows(rows, link: int) -> GeoInfo:
+    """Build a place's GeoInfo from plevin's row dictionaries, the reading that _PlevinGeo._describe shortens."""
+    place = rows[("place", link - 1)]
+    if not place:
+        return NO_GEO
+    town = place.get("city") or {}
+    granularity = place.get("granularity") or "city"
+    region = (town.get("region") or {}).get("name") if granularity in ("city", "region") else None
+    city = town.get("name") if granularity == "city" else None
+    country = town.get("country") or None
+    if country is None and region is None and city is None:
+        return NO_GEO
+    return GeoInfo(country=country, region=region or None, city=city or None)
+
+
+def test_plevin_place_fields_equal_rows() -> None:
+    source = _PlevinGeo()
+    places = source._file.sections["col.place.granularity"].count
+    rng = random.Random(7)
+    links = sorted({*range(1, places + 1, 97), *rng.sample(range(1, places + 1), 3000), 1, places})
+    granularities = collections.Counter()
+    for link in links:
+        expected = _describe_from_rows(source._file.rows, link)
+        assert source._describe(link) == expected, link
+        granularities[source._file.rows[("place", link - 1)].get("granularity")] += 1
+    # The sample contains each kind of place, so every branch of _describe ran.
+    assert {"city", "region", "country"} <= set(granularities)

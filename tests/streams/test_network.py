@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import ipaddress
+import random
 from pathlib import Path
 
 import maxminddb
@@ -27,11 +28,14 @@ from streams.network import (
     HUMAN_RESIDENTIAL,
     HUMAN_UNKNOWN,
     ISP,
+    NO_OWNER,
     ORG_TYPES,
     RESPONSE_TIERS,
     UNKNOWN,
     NetworkInfo,
     NetworkLookup,
+    NetworkOwner,
+    _PlevinNetwork,
     classify_org,
     public_address,
     response_tier,
@@ -275,3 +279,35 @@ def test_mmdb_invalid_file_raises(tmp_path: Path) -> None:
     not_mmdb.write_bytes(b"not a database" * 100)
     with pytest.raises(maxminddb.InvalidDatabaseError):
         NetworkLookup(not_mmdb)
+
+
+def _owner_from_rows(rows, network_link: int, abuse_link: int) -> NetworkOwner:
+    """Build an owner from plevin's row dictionaries, the reading that _PlevinNetwork._owner shortens."""
+    network = rows[("network", network_link - 1)]
+    abuse = rows[("abuse", abuse_link - 1)] if abuse_link else {}
+    if not network:
+        return NO_OWNER
+    operator = network.get("operator") or {}
+    asn = network.get("asn") or None
+    org = operator.get("company") or network.get("handle") or None
+    if asn is None and org is None:
+        return NO_OWNER
+    category = abuse.get("user_type") or operator.get("category") or None
+    return NetworkOwner(asn=asn, org=org, category=category)
+
+
+def test_plevin_network_fields_equal_rows() -> None:
+    source = _PlevinNetwork()
+    networks = source._file.sections["col.network.asn"].count
+    abuse_records = source._file.sections["col.abuse.user_type"].count
+    rng = random.Random(7)
+    links = sorted({*range(1, networks + 1, 97), *rng.sample(range(1, networks + 1), 3000), 1, networks})
+    owners = []
+    for network_link in links:
+        abuse_link = rng.choice([0, 0, rng.randint(1, abuse_records)])
+        expected = _owner_from_rows(source._file.rows, network_link, abuse_link)
+        assert source._owner(network_link, abuse_link) == expected, (network_link, abuse_link)
+        owners.append(expected)
+    # The sample contains owners with and without a category.
+    assert any(owner.category for owner in owners)
+    assert any(owner is not NO_OWNER and not owner.category for owner in owners)
