@@ -343,11 +343,14 @@ class SessionRollup:
             self._add(metric, value, same)
 
     def _add(self, metric: str, value: int, keys: list[tuple]) -> None:
-        # Counter.update of a list counts each element once, in C.
-        if value == 1:
-            self._plus.setdefault(metric, Counter()).update(keys)
-        elif value == -1:
-            self._minus.setdefault(metric, Counter()).update(keys)
+        # Counter.update of a list counts each element once, in C. A Counter is only built for a new
+        # metric, because building one is a Python call.
+        if value == 1 or value == -1:
+            tallies = self._plus if value == 1 else self._minus
+            tally = tallies.get(metric)
+            if tally is None:
+                tally = tallies[metric] = Counter()
+            tally.update(keys)
         else:
             sums = self._weighted.setdefault(metric, {})
             get = sums.get
