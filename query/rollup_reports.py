@@ -104,8 +104,8 @@ def _pieces_sql(dimension_condition: str, values: str | None = None) -> str:
     date before it is dropped for the first piece only.
     """
     # dimension_value ends the key of daily_metrics. As an index condition, its array would
-    # multiply the index searches (metrics x dates x values), and PostgreSQL then rather reads
-    # every row of the dimension; `|| ''` makes it a filter on the rows of the metrics and dates.
+    # multiply the index searches (metrics x dates x values), so PostgreSQL would rather read every
+    # row of the dimension. `|| ''` makes it a filter on the rows of the metrics and dates.
     only_daily = f" AND (dimension_value || '') = ANY({values}::text[])" if values else ""
     only = f" AND dimension_value = ANY({values}::text[])" if values else ""
     return f"""

@@ -49,13 +49,13 @@ DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
 _DELETE_MONTHS = "DELETE FROM monthly_metrics WHERE site = $1 AND month >= $2 AND month <= $3"
 
 def daily_rows_sql(columns: str, date_condition: str) -> str:
-    """Return a WITH clause whose `ranged` holds `columns` of site $1's daily_metrics rows d where `date_condition`.
+    """Return a WITH clause whose `ranged` contains `columns` of site $1's daily_metrics rows d where `date_condition`.
 
     The key of daily_metrics starts with (site, dimension_key, metric_name), the order reports
-    read it in, so the rows of some dates across every dimension are not one range of it, and a
-    plain `WHERE date ...` reads every row of the site. This lists the site's dimension rows'
-    (dimension_key, metric_name) pairs instead, one index lookup per pair (a skip scan, so about
-    a hundred lookups), then reads the dates of each pair as one range. `OFFSET 0` keeps the
+    read it in. So the rows of some dates across every dimension are not one range of it, and a
+    plain `WHERE date ...` reads every row of the site. This lists the site's
+    (dimension_key, metric_name) pairs instead, with one index lookup per pair (a skip scan), then
+    reads the dates of each pair as one range. `OFFSET 0` keeps the
     planner from flattening that read into a join, which without statistics it would run as one
     scan of the site. The totals (a NULL dimension_key, a few dozen rows per day) are read whole.
     """

@@ -116,8 +116,8 @@ async def test_single_event_fields_exact(builder, redis_client):
 
 
 async def test_site_lookup_as_sent_matches_normalized(redis_client, sites):
-    # A host written to the hash by other means than `publish` need not be normalized; the
-    # lookup of a host as sent must not find it where the normalizing lookup does not.
+    # A host written to the hash without `publish` may not be normalized. So the lookup of a
+    # host as sent must not find it where the normalizing lookup does not.
     await redis_client.hset(SITES_HASH, "Odd.Example", b'{"domain": "odd.example", "timezone": "UTC"}')
     directory = SiteDirectory(redis_client)
     hosts = ["example.com", "EXAMPLE.com.", "www.example.com:443", "shop.example.org", "Odd.Example",

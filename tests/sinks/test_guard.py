@@ -212,12 +212,17 @@ OLD_DAILY_INDEXES = (
 )
 
 
+async def make_old_daily_layout(conn) -> None:
+    """Give daily_metrics the two indexes of the version before uq_daily_metrics_dimension, and only those."""
+    await run_guard(conn, timescaledb="off")
+    await conn.execute("DROP INDEX uq_daily_metrics_dimension")
+    for statement in OLD_DAILY_INDEXES:
+        await conn.execute(statement)
+
+
 async def test_retired_indexes_are_reported_once_replaced(db):
     # A deployment of the version before uq_daily_metrics_dimension: its daily_metrics has two indexes and rows.
-    await run_guard(db, timescaledb="off")
-    await db.execute("DROP INDEX uq_daily_metrics_dimension")
-    for statement in OLD_DAILY_INDEXES:
-        await db.execute(statement)
+    await make_old_daily_layout(db)
     await db.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ('a.example', '2024-01-15', "
                      "'pageviews', 3)")
 
@@ -393,10 +398,7 @@ async def test_two_guards_build_index_concurrently(database_url):
     # Two processors that start together on a deployment of the version before uq_daily_metrics_dimension.
     setup = await asyncpg.connect(database_url)
     try:
-        await run_guard(setup, timescaledb="off")
-        await setup.execute("DROP INDEX uq_daily_metrics_dimension")
-        for statement in OLD_DAILY_INDEXES:
-            await setup.execute(statement)
+        await make_old_daily_layout(setup)
         await setup.execute("INSERT INTO daily_metrics (site, date, metric_name, dimension_key, dimension_value, value) "
                             "SELECT 'a.example', DATE '2024-01-01' + i % 60, 'pageviews', 'path', '/' || i, i "
                             "FROM generate_series(1, 20000) AS i")
@@ -423,10 +425,7 @@ async def test_processor_start_outlasts_command_timeout(database_url, redis_url,
     # A deployment of the version before uq_daily_metrics_dimension, with a batch transaction
     # open on daily_metrics that the concurrent build of the new index must wait for.
     setup = await asyncpg.connect(database_url)
-    await run_guard(setup, timescaledb="off")
-    await setup.execute("DROP INDEX uq_daily_metrics_dimension")
-    for statement in OLD_DAILY_INDEXES:
-        await setup.execute(statement)
+    await make_old_daily_layout(setup)
     await setup.execute("INSERT INTO daily_metrics (site, date, metric_name, value) VALUES ('a.example', "
                         "'2024-01-15', 'pageviews', 3)")
     batch = setup.transaction()
