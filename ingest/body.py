@@ -72,8 +72,16 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     content_length = request.content_length
     if content_length is not None and content_length > limit_bytes:
         raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}")
+    content = request.content
     try:
-        body = await request.read()
+        if content.is_eof():
+            # The whole body has arrived, as it nearly always has for an event: take it without
+            # request.read()'s coroutine and copies (about 1 µs per request).
+            body = content.read_nowait()
+            if len(body) > limit_bytes:
+                raise _too_large(f"body is over the limit of {limit_bytes} bytes")
+        else:
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(f"body is over the limit of {limit_bytes} bytes") from None
     except RequestPayloadError as error:

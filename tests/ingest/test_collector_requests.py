@@ -129,6 +129,25 @@ async def test_chunked_body_over_limit_413(http, collector):
     assert body["reason"] == "body_too_large"
 
 
+async def test_chunked_body_in_parts_accepted(http, collector, redis_client):
+    # Parts sent apart in time arrive after the handler has started, so the body is read as it
+    # comes rather than taken whole.
+    data = orjson.dumps({**EVENT, "props": {"part": "p" * 5000}})
+
+    async def chunks():
+        for start in range(0, len(data), 1000):
+            yield data[start:start + 1000]
+            await asyncio.sleep(0.01)
+
+    async with http.post(collector.route("/collect"), data=chunks()) as response:
+        body = await response.json()
+
+    assert response.status == 202
+    assert body["accepted"] == 1
+    [event] = await stream_events(redis_client)
+    assert event.props == {"part": "p" * 5000}
+
+
 async def test_gzip_bomb_413_on_decompressed_size(http, collector):
     data = gzip.compress(b"[" + b" " * (8 * MAX_BODY_BYTES) + b"]")
     assert len(data) < MAX_BODY_BYTES // 10
