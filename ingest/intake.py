@@ -21,7 +21,7 @@ from ingest.backlog import BacklogMonitor
 from ingest.body import RequestRejected
 from ingest.client_ip import client_ip
 from ingest.cors import CORS_KEY
-from ingest.validate import EventBuilder, InvalidEvent, Rejection, RequestContext
+from ingest.validate import CacheMiss, EventBuilder, InvalidEvent, Rejection, RequestContext
 from ingest.group_commit import GroupCommitWriter
 from ingest.writer import StreamWriter
 from streams.event import Event
@@ -83,10 +83,13 @@ class Intake:
         if not items:
             raise RequestRejected(400, "empty_batch", "the request contains no events")
         try:
-            if translate is None:
-                events, rejections = await self.builder.build(items, context)
-            else:
+            if translate is not None:
                 events, rejections = await self._build_translated(items, context, translate)
+            else:
+                try:
+                    events, rejections = self.builder.build_now(items, context)
+                except CacheMiss:
+                    events, rejections = await self.builder.build(items, context)
         except REDIS_ERRORS as error:
             logger.error("site directory or visitor salt unavailable error=%r", error)
             raise _unavailable(len(items)) from None
@@ -115,7 +118,10 @@ class Intake:
                 rejections.append(Rejection(index, error.reason, str(error)))
                 continue
             indexes.append(index)
-        events, later = await self.builder.build(translated, context)
+        try:
+            events, later = self.builder.build_now(translated, context)
+        except CacheMiss:
+            events, later = await self.builder.build(translated, context)
         rejections += [Rejection(indexes[r.index], r.reason, r.message) for r in later]
         rejections.sort(key=lambda r: r.index)
         return events, rejections

@@ -1,5 +1,6 @@
 """EventBuilder on a request of one event, which builds without a memo, against the same items
-in a batch, which builds with one, on a real Redis."""
+in a batch, which builds with one, and its synchronous build against the awaited one, on a
+real Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 import pytest
 from redis.asyncio import Redis
 
-from ingest.validate import EventBuilder, Rejection, RequestContext
+from ingest.validate import CacheMiss, EventBuilder, Rejection, RequestContext
 from streams.ids import stable_event_id_text
 from streams.keys import SITES_HASH
 from streams.sites import Site, SiteDirectory
@@ -82,6 +83,9 @@ async def test_invalid_single_event_rejected_as_in_batch(builder):
 
         assert single == ([], [Rejection(0, reason, message)]), item
         assert batch[1] == [Rejection(1, reason, message)], item
+        # The awaited builds have filled the caches, so the synchronous build answers alike.
+        assert builder.build_now([item], context()) == single, item
+        assert builder.build_now([VALID, item], context())[1] == batch[1], item
 
 
 async def test_single_event_built_as_in_batch(builder):
@@ -89,12 +93,15 @@ async def test_single_event_built_as_in_batch(builder):
         (single,), single_rejections = await builder.build([item], context())
         (_valid, batched), batch_rejections = await builder.build([VALID, item], context())
 
-        assert single_rejections == batch_rejections == [], item
+        (now,), now_rejections = builder.build_now([item], context())
+
+        assert single_rejections == batch_rejections == now_rejections == [], item
         if item.get("message_id"):
-            assert single == batched, item
+            assert single == batched == now, item
         else:
             # Random ids differ between two builds; every other field must not.
             assert dataclasses.replace(single, id=batched.id) == batched, item
+            assert dataclasses.replace(now, id=batched.id) == batched, item
 
 
 async def test_single_event_fields_exact(builder, redis_client):
@@ -130,3 +137,30 @@ async def test_site_lookup_as_sent_matches_normalized(redis_client, sites):
     shop = Site("shop.example.org", "UTC")
     assert looked_up == [example, example, example, shop, None, None, None]
     assert cached == looked_up
+
+
+async def test_build_now_names_what_is_not_cached(builder, redis_client):
+    with pytest.raises(CacheMiss) as site_miss:
+        builder.build_now([PAGE], context())
+    await builder.build([PAGE], context())
+    next_day_ms = RECEIVED_MS + 86_400_000
+    later = RequestContext(received_ms=next_day_ms, ip="203.0.113.7", user_agent=BROWSER)
+    with pytest.raises(CacheMiss) as salt_miss:
+        builder.build_now([PAGE, VALID], later)
+
+    assert (site_miss.value.site_host, site_miss.value.salt_day) == ("example.com", None)
+    assert (salt_miss.value.site_host, salt_miss.value.salt_day) == (None, utc_day(next_day_ms))
+
+
+async def test_awaited_build_fills_what_is_not_cached(builder, redis_client):
+    # A cold builder: every site and salt comes from Redis, and an unknown site among them is
+    # rejected by its index while the items around it are kept.
+    items = [PAGE, {"site": "unknown.example", "path": "/"}, VALID]
+
+    events, rejections = await builder.build(items, context())
+
+    salt = await SaltStore(redis_client).salt_for_day(utc_day(RECEIVED_MS))
+    assert [(e.site, e.action) for e in events] == [("example.com", "/docs/a b"), ("shop.example.org", "/")]
+    assert events[0].visitor_id == visitor_id(salt, "example.com", "203.0.113.7", BROWSER)
+    assert rejections == [Rejection(1, "unknown_site", "unknown site 'unknown.example': add it with "
+                                                      "`weir site add unknown.example --timezone Area/City`")]
