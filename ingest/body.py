@@ -63,30 +63,47 @@ def check_content_type(request: web.Request) -> None:
     )
 
 
+def received_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> bytes | None:
+    """Return the request body, decompressed, when all of it has arrived; else None, and the caller
+    awaits `read_body`.
+
+    An event's body has nearly always arrived whole before its handler runs, and taking it here
+    skips request.read()'s coroutine and copies (about 1 µs per request).
+    """
+    content = request.content
+    if not content.is_eof():
+        content_length = request.content_length
+        if content_length is not None and content_length > limit_bytes:
+            raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}")
+        return None
+    try:
+        body = content.read_nowait()
+    except RequestPayloadError as error:
+        raise _unreadable(error) from None
+    if len(body) > limit_bytes:
+        raise _too_large(f"body is {len(body)} bytes; the limit is {limit_bytes}")
+    return _decoded(request, body, limit_bytes)
+
+
 async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> bytes:
     """Return the request body, decompressed when its Content-Encoding is gzip or deflate.
 
     The app turns aiohttp's own decompression off (`auto_decompress=False`), so the bytes read
     here are the bytes sent.
     """
-    content_length = request.content_length
-    if content_length is not None and content_length > limit_bytes:
-        raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}")
-    content = request.content
+    body = received_body(request, limit_bytes)
+    if body is not None:
+        return body
     try:
-        if content.is_eof():
-            # The whole body has arrived, as it nearly always has for an event: take it without
-            # request.read()'s coroutine and copies (about 1 µs per request).
-            body = content.read_nowait()
-            if len(body) > limit_bytes:
-                raise _too_large(f"body is over the limit of {limit_bytes} bytes")
-        else:
-            body = await request.read()
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(f"body is over the limit of {limit_bytes} bytes") from None
     except RequestPayloadError as error:
-        raise RequestRejected(400, "invalid_body", f"request body could not be read: {error}") from None
+        raise _unreadable(error) from None
+    return _decoded(request, body, limit_bytes)
 
+
+def _decoded(request: web.Request, body: bytes, limit_bytes: int) -> bytes:
     encoding = request.headers.get("Content-Encoding")
     if encoding is None:
         return body
@@ -101,6 +118,10 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
         return _decompress(body, wbits, encoding, limit_bytes)
     raise RequestRejected(415, "unsupported_content_encoding",
                           f"content encoding {encoding!r} is not supported; send gzip, deflate or none")
+
+
+def _unreadable(error: Exception) -> RequestRejected:
+    return RequestRejected(400, "invalid_body", f"request body could not be read: {error}")
 
 
 def _decompress(body: bytes, wbits: int, encoding: str, limit_bytes: int) -> bytes:

@@ -56,7 +56,7 @@ def parse_ip(text: str | None) -> IPAddress | None:
 
 
 @functools.lru_cache(maxsize=8192)
-def _address_text(text: str | None) -> str | None:
+def address_text(text: str | None) -> str | None:
     """Return parse_ip(text) as a string. Cached, because str() of an address runs pure Python on every request."""
     address = parse_ip(text)
     return None if address is None else str(address)
@@ -78,12 +78,12 @@ def forwarded_chain(forwarded: str | None, x_forwarded_for: str | None) -> list[
 def client_ip(peer: str | None, forwarded: str | None, x_forwarded_for: str | None, trusted: tuple) -> str | None:
     """Return the client address as a string, or None when the peer is unknown."""
     if not trusted:
-        return _address_text(peer)
+        return address_text(peer)
     address = parse_ip(peer)
     if address is None:
         return None
     if not _is_trusted(address, trusted):
-        return _address_text(peer)
+        return address_text(peer)
 
     for hop in reversed(forwarded_chain(forwarded, x_forwarded_for)):
         hop_address = parse_ip(hop)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingest.body import RequestRejected, check_content_type, parse_json, read_body
+from ingest.body import RequestRejected, check_content_type, parse_json, read_body, received_body
 from ingest.intake import INTAKE_KEY, JSON_HEADERS, event_route, header_text, json_response
 from ingest.validate import InvalidEvent, parse_timestamp
 
@@ -59,13 +59,12 @@ async def post_collect(request: web.Request) -> web.Response:
     intake = request.app[INTAKE_KEY]
     intake.check_backpressure()
     check_content_type(request)
-    payload = parse_json(await read_body(request))
-    items, sent_at = payload_items(payload)
+    body = received_body(request)
+    if body is None:
+        body = await read_body(request)
+    items, sent_at = payload_items(parse_json(body))
 
-    if sent_at is None:
-        context = intake.context(request)
-    else:
-        context = intake.context(request, sent_at_ms=_batch_sent_at(sent_at))
+    context = intake.context(request, None if sent_at is None else _batch_sent_at(sent_at))
     events, rejections = await intake.accept(items, context)
     if len(events) == 1 and not rejections:
         return accepted_one_response(events[0].id)

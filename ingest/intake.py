@@ -19,7 +19,7 @@ from aiohttp import web
 from ingest import metrics
 from ingest.backlog import BacklogMonitor
 from ingest.body import RequestRejected
-from ingest.client_ip import client_ip
+from ingest.client_ip import address_text, client_ip
 from ingest.cors import CORS_KEY
 from ingest.validate import CacheMiss, EventBuilder, InvalidEvent, Rejection, RequestContext
 from ingest.group_commit import GroupCommitWriter
@@ -55,20 +55,27 @@ class Intake:
                 f"{self.backlog.max_entries}; retry after {RETRY_AFTER_S} s",
             )
 
-    def context(self, request: web.Request, **options) -> RequestContext:
-        """Return the request's context: receive time, client IP and user agent."""
+    def context(self, request: web.Request, sent_at_ms: int | None = None,
+                trust_item_ip: bool = False) -> RequestContext:
+        """Return the request's context: receive time, client IP and user agent, with the client's
+        send time and whether items may carry their sender's address (see RequestContext)."""
         headers = request.headers
-        forwarded = x_forwarded_for = None
         if self.trusted_proxies:
             # Several header lines of one name are one comma-separated list (RFC 9110, section 5.3).
             forwarded = ",".join(headers.getall("Forwarded", ())) or None
             x_forwarded_for = ",".join(headers.getall("X-Forwarded-For", ())) or None
-        # received_ms, ip and user_agent are passed by position, which halves the cost of the call.
+            ip = client_ip(request.remote, forwarded, x_forwarded_for, self.trusted_proxies)
+        else:
+            ip = address_text(request.remote)
+        # Every field by position, which halves the cost of the call.
         return RequestContext(
             int(time.time() * 1000),
-            client_ip(request.remote, forwarded, x_forwarded_for, self.trusted_proxies),
+            ip,
             header_text(headers.get("User-Agent")),
-            **options,
+            "collect",
+            False,
+            sent_at_ms,
+            trust_item_ip,
         )
 
     async def accept(self, items: list, context: RequestContext,
@@ -151,12 +158,12 @@ MAX_TYPE_LABELS = 100
 """Distinct `type` labels of analytics_events_received; senders choose types, so further ones
 are counted as `other` to keep the metric's series bounded."""
 _received_by_type: dict[str, Any] = {}
-"""Labelled children of EVENTS_RECEIVED, kept because `labels()` takes a lock on every call."""
+"""Labelled children of EVENTS_RECEIVED, kept because `labels()` builds its key on every call."""
 
 
 def _count_accepted(events: list[Event]) -> None:
+    # The sum of BATCH_SIZE is also analytics_events_queued.
     metrics.BATCH_SIZE.observe(len(events))
-    metrics.EVENTS_QUEUED.inc(len(events))
     if len(events) == 1:
         _received(events[0].type).inc()
         return
@@ -208,11 +215,12 @@ def event_route(route: str, render_error: ErrorRenderer = render_json_error) -> 
     RequestRejected in the route's error format."""
 
     def decorate(handler: Handler) -> Handler:
-        # Labelled children are looked up once per status, because `labels()` takes a lock on every call.
+        # Labelled children are looked up once per status, because `labels()` builds its key on every call.
         requests_by_status: dict[int, Any] = {}
+        perf_counter = time.perf_counter
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            started = time.perf_counter()
+            started = perf_counter()
             origin = request.headers.get("Origin")
             cors_headers = None
             try:
@@ -225,10 +233,11 @@ def event_route(route: str, render_error: ErrorRenderer = render_json_error) -> 
                 response = render_error(rejected)
             if cors_headers is not None:
                 response.headers.update(cors_headers)
-            metrics.REQUEST_SECONDS.observe(time.perf_counter() - started)
-            counter = requests_by_status.get(response.status)
+            metrics.REQUEST_SECONDS.observe(perf_counter() - started)
+            status = response.status
+            counter = requests_by_status.get(status)
             if counter is None:
-                counter = requests_by_status[response.status] = metrics.REQUESTS.labels(route, str(response.status))
+                counter = requests_by_status[status] = metrics.REQUESTS.labels(route, str(status))
             counter.inc()
             return response
 
