@@ -227,6 +227,34 @@ async def raw_request(collector, head: bytes, body: bytes = b"") -> bytes:
     return answer.split(b"\r\n", 1)[0]
 
 
+
+async def test_pipelined_requests_answered_in_order(collector, redis_client):
+    # Four requests in one TCP write, so every body has arrived before its handler runs and is
+    # taken without request.read(). A rejected request must not disturb the ones around it.
+    def request(body: bytes) -> bytes:
+        return (b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+    good = orjson.dumps({"site": "example.com", "path": "/a"})
+    data = request(good) + request(b'{"site": ') + request(b"") + request(good)
+    host, port = collector.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    answers = []
+    for _ in range(4):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+        answers.append((head.split(b" ", 2)[1], orjson.loads(body)))
+    writer.close()
+
+    assert [status for status, _ in answers] == [b"202", b"400", b"400", b"202"]
+    assert answers[1][1]["reason"] == "invalid_json"
+    assert answers[2][1]["reason"] == "empty_body"
+    assert len(await stream_events(redis_client)) == 2
+
+
 @pytest.mark.parametrize("extra", [{}, {"anonymous_id": "sdk-user-1"}])
 async def test_user_agent_invalid_utf8_replaced(collector, redis_client, extra):
     body = orjson.dumps({"site": "example.com", "url": "https://example.com/a", **extra})
