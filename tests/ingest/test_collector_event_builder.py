@@ -164,3 +164,21 @@ async def test_awaited_build_fills_what_is_not_cached(builder, redis_client):
     assert events[0].visitor_id == visitor_id(salt, "example.com", "203.0.113.7", BROWSER)
     assert rejections == [Rejection(1, "unknown_site", "unknown site 'unknown.example': add it with "
                                                       "`weir site add unknown.example --timezone Area/City`")]
+
+
+async def test_awaited_build_salts_each_utc_day(builder, redis_client):
+    # A cold builder fetches one salt per UTC day into the request memo. Each event's visitor id
+    # uses the salt of its own day, also when a day comes back after another.
+    day_ms = 86_400_000
+    times = [RECEIVED_MS - 2 * day_ms, RECEIVED_MS - day_ms, RECEIVED_MS, RECEIVED_MS - 2 * day_ms]
+    items = [{**PAGE, "timestamp": ms} for ms in times]
+
+    events, rejections = await builder.build(items, context())
+
+    salts = SaltStore(redis_client)
+    expected = [visitor_id(await salts.salt_for_day(utc_day(ms)), "example.com", "203.0.113.7", BROWSER)
+                for ms in times]
+    assert rejections == []
+    assert [e.timestamp_ms for e in events] == times
+    assert [e.visitor_id for e in events] == expected
+    assert len(set(expected)) == 3
