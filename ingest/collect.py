@@ -62,8 +62,13 @@ async def post_collect(request: web.Request) -> web.Response:
     body = received_body(request)
     if body is None:
         body = await read_body(request)
-    items, sent_at = payload_items(parse_json(body))
+    payload = parse_json(body)
 
+    if payload.__class__ is dict and "events" not in payload:
+        # One event, the tracker's request: payload_items' answer without the call.
+        items, sent_at = [payload], None
+    else:
+        items, sent_at = payload_items(payload)
     context = intake.context(request, None if sent_at is None else _batch_sent_at(sent_at))
     events, rejections = await intake.accept(items, context)
     if len(events) == 1 and not rejections:

@@ -69,7 +69,7 @@ class Intake:
             ip = address_text(request.remote)
         # Every field by position, which halves the cost of the call.
         return RequestContext(
-            int(time.time() * 1000),
+            time.time_ns() // 1_000_000,
             ip,
             header_text(headers.get("User-Agent")),
             "collect",
@@ -163,10 +163,11 @@ _received_by_type: dict[str, Any] = {}
 
 def _count_accepted(events: list[Event]) -> None:
     # The sum of BATCH_SIZE is also analytics_events_queued.
-    metrics.BATCH_SIZE.observe(len(events))
     if len(events) == 1:
+        metrics.BATCH_SIZE.observe_one()
         _received(events[0].type).inc()
         return
+    metrics.BATCH_SIZE.observe(len(events))
     for event_type, count in Counter(e.type for e in events).items():
         _received(event_type).inc(count)
 

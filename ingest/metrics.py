@@ -50,13 +50,19 @@ class CounterChild:
 class HistogramChild:
     """One series of a LoopHistogram: a count per bucket and the sum of the observed values."""
 
-    __slots__ = ("upper_bounds", "counts", "sum", "created")
+    __slots__ = ("upper_bounds", "counts", "sum", "created", "_one_bucket")
 
     def __init__(self, upper_bounds: list[float]) -> None:
         self.upper_bounds = upper_bounds
         self.counts = [0] * len(upper_bounds)
         self.sum = 0.0
         self.created = time.time()
+        self._one_bucket = bisect.bisect_left(upper_bounds, 1)
+
+    def observe_one(self) -> None:
+        """observe(1), without the search for its bucket: most requests carry one event."""
+        self.sum += 1
+        self.counts[self._one_bucket] += 1
 
     def observe(self, amount: float) -> None:
         self.sum += amount
@@ -151,9 +157,13 @@ class LoopHistogram(_LoopMetric):
 
     def _bind(self, child: HistogramChild) -> None:
         self.observe = child.observe
+        self.observe_one = child.observe_one
 
     def observe(self, amount: float) -> None:
         self._unlabelled().observe(amount)
+
+    def observe_one(self) -> None:
+        self._unlabelled().observe_one()
 
     def _add_samples(self, metric: Metric, labels: dict[str, str], child: HistogramChild) -> None:
         cumulative = 0.0

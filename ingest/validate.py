@@ -272,7 +272,15 @@ class EventBuilder:
             event_type = _optional_str(item, "type", MAX_TYPE_CHARS) or PAGEVIEW
         if event_type != PAGEVIEW and not _TYPE_PATTERN.match(event_type):
             raise InvalidEvent("invalid_field", f"type {event_type!r} may hold only letters, digits and _ . : -")
-        action = self._action(item, event_type, url, memo)
+        if event_type == PAGEVIEW:
+            # Pageviews, the commonest events by far, take their action here rather than in a call.
+            path = get("path")
+            if path is not None:
+                path = _optional_str(item, "path", MAX_URL_CHARS)
+            hash_mode = bool(get("hash_mode"))
+            action = _page(path, url, hash_mode) if memo is None else _memo_page(memo, path, url, hash_mode)
+        else:
+            action = _custom_action(item, event_type)
 
         timestamp = get("timestamp")
         timestamp_ms = parse_timestamp(timestamp) if timestamp is not None else None
@@ -314,7 +322,11 @@ class EventBuilder:
             salt = self._salts.cached_salt(day)
             if salt is None:
                 raise CacheMiss(salt_day=day)
-            visitor = _visitor_id(salt, site, ip, user_agent, anonymous_id)
+            if anonymous_id:
+                visitor = _visitor_id(salt, site, ip, user_agent, anonymous_id)
+            else:
+                # _visitor_id's commonest case, inline.
+                visitor = visitor_id(salt, site, ip or "", user_agent or "")
         else:
             visitor_key = (day, site, ip, user_agent, anonymous_id)
             visitor = memo.visitors.get(visitor_key)
@@ -337,26 +349,6 @@ class EventBuilder:
         if site is None:
             raise _unknown_site(host)
         return site.domain
-
-    @staticmethod
-    def _action(item: dict, event_type: str, url: str | None, memo: RequestMemo | None) -> str:
-        if event_type == PAGEVIEW:
-            path = item.get("path")
-            if path is not None:
-                path = _optional_str(item, "path", MAX_URL_CHARS)
-            hash_mode = bool(item.get("hash_mode"))
-            if memo is None:
-                return _page(path, url, hash_mode)
-            key = (path, url, hash_mode)
-            page = memo.pages.get(key)
-            if page is None:
-                page = memo.pages[key] = _page(path, url, hash_mode)
-            return page
-
-        name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
-        if name is None:
-            raise InvalidEvent("missing_field", f"an event of type {event_type!r} needs `name`")
-        return name
 
     @staticmethod
     def _correct_clock(timestamp_ms: int | None, sent_at_ms: int | None, context: RequestContext) -> int:
@@ -382,11 +374,29 @@ def _unknown_site(host: str) -> InvalidEvent:
     return InvalidEvent("unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`")
 
 
+def _custom_action(item: dict, event_type: str) -> str:
+    name = _optional_str(item, "name", MAX_ACTION_CHARS) or _optional_str(item, "action", MAX_ACTION_CHARS)
+    if name is None:
+        raise InvalidEvent("missing_field", f"an event of type {event_type!r} needs `name`")
+    return name
+
+
+def _memo_page(memo: RequestMemo, path: str | None, url: str | None, hash_mode: bool) -> str:
+    key = (path, url, hash_mode)
+    page = memo.pages.get(key)
+    if page is None:
+        page = memo.pages[key] = _page(path, url, hash_mode)
+    return page
+
+
 def _page(path: str | None, url: str | None, hash_mode: bool) -> str:
     """Return a pageview's action: the decoded path of `path` or else of `url`, with the fragment in hash mode."""
     if path is None and url:
         # urlsplit has cut the query and the fragment off the path already.
-        parts = _split_url(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:
+            raise _invalid_url(url, error) from None
         path, fragment = parts.path or "/", parts.fragment
     elif path is None:
         raise InvalidEvent("missing_field", "a pageview needs `url` or `path`")
@@ -419,7 +429,11 @@ def _split_url(url: str) -> SplitResult:
     try:
         return urlsplit(url)
     except ValueError as error:
-        raise InvalidEvent("invalid_field", f"url {url[:200]!r} is not a valid URL: {error}") from None
+        raise _invalid_url(url, error) from None
+
+
+def _invalid_url(url: str, error: ValueError) -> InvalidEvent:
+    return InvalidEvent("invalid_field", f"url {url[:200]!r} is not a valid URL: {error}")
 
 
 def _optional_ip(item: dict) -> str | None:
