@@ -17,7 +17,8 @@ Each round measures, in this order and against the same PostgreSQL:
    read to the moment the groups have nothing left to read and nothing pending, which is after
    the last commit.
 
-Every measurement gets a new database on `--pg` (created and dropped here), and the stream
+Every measurement gets a new database on `--pg` (created and dropped here, named
+`--database-prefix` and a random suffix), and the stream
 lives in Redis database `--redis-db` on `--redis`, which is flushed before and after each
 measurement; no other database number is touched. Both servers must be on this machine
 (127.0.0.1). The stream is filled before the processors start, with 100 events per entry as
@@ -26,7 +27,9 @@ collector is not part of the measurement.
 
 Beside the rates it reports the peak RSS (VmHWM) and CPU seconds of each processor, the CPU
 seconds of the PostgreSQL backends serving the benchmark database and of Redis, and how busy
-the whole machine was, so that a run disturbed by other load can be recognised. The tables
+the whole machine was, so that a run disturbed by other load can be recognised. For
+`daily_metrics` it reports the rows inserted, the updates and how many of them were HOT, and
+the size of its heap and indexes. The tables
 written by each replica count are compared by digest: they must be identical. The measured
 numbers and their reading are in bench/processor/RESULTS.md.
 """
@@ -96,8 +99,8 @@ def database_url(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-async def create_database(admin_url: str) -> str:
-    name = f"weir_bench_processor_{uuid.uuid4().hex[:12]}"
+async def create_database(admin_url: str, prefix: str = "weir_bench_processor_") -> str:
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
@@ -246,9 +249,9 @@ async def copy_chunks(url: str, chunks: list[list[tuple]]) -> None:
 
 
 async def measure_copy(admin_url: str, traffic: Traffic, records: list[tuple], chunk_rows: int,
-                       workdir: Path) -> dict:
+                       workdir: Path, database_prefix: str) -> dict:
     """COPY the rows over one connection, over two, and with psql's \\copy; return rows per second of each."""
-    name = await create_database(admin_url)
+    name = await create_database(admin_url, database_prefix)
     url = database_url(admin_url, name)
     try:
         conn = await asyncpg.connect(url)
@@ -401,10 +404,21 @@ async def check_totals(conn: asyncpg.Connection, traffic: Traffic) -> dict:
     return {**{k: int(v) for k, v in totals.items()}, "visitor_days": int(rolled.get("visitors", 0))}
 
 
+async def daily_metrics_storage(conn: asyncpg.Connection) -> dict:
+    """Return the updates of daily_metrics, how many of them were HOT, and the sizes of its heap and indexes.
+
+    The processors' backends report their counts when they exit, so call this after stopping them.
+    """
+    row = await conn.fetchrow(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, pg_relation_size(relid) AS heap_bytes, "
+        "pg_indexes_size(relid) AS index_bytes FROM pg_stat_user_tables WHERE relname = 'daily_metrics'")
+    return dict(row)
+
+
 async def measure_processors(admin_url: str, redis_url: str, traffic: Traffic, replicas: int, args: argparse.Namespace,
                              workdir: Path) -> dict:
     """Drain the pre-filled stream with `replicas` processors; return rates, CPU, memory and table digests."""
-    name = await create_database(admin_url)
+    name = await create_database(admin_url, args.database_prefix)
     url = database_url(admin_url, name)
     redis = Redis.from_url(redis_url)
     conn = await asyncpg.connect(url)
@@ -452,6 +466,7 @@ async def measure_processors(admin_url: str, redis_url: str, traffic: Traffic, r
             "cpu_s": {k: round(v, 2) for k, v in used.items()},
             "batch_failures": batch_failures(log),
             "totals": await check_totals(conn, traffic),
+            "daily_metrics": await daily_metrics_storage(conn),
             "digests": await table_digests(conn),
         }
     finally:
@@ -493,6 +508,13 @@ def summarize(report: dict) -> str:
         lines.append(f"| {run['replicas']} | {', '.join(str(v) for v in run['peak_rss_mib'])} | "
                      f"{cpu['processors']} / {cpu['postgres_backends']} / {cpu['postgres_auxiliary']} / "
                      f"{cpu['redis']} / {cpu['machine_busy']} ({cpu['machine_total']}) | {failures} |")
+    lines += ["", "| replicas | daily_metrics rows inserted | updates | HOT updates | heap MiB | indexes MiB |",
+              "|---|---|---|---|---|---|"]
+    for run in (r for rnd in rounds for r in rnd["processors"]):
+        daily = run["daily_metrics"]
+        lines.append(f"| {run['replicas']} | {daily['n_tup_ins']:,} | {daily['n_tup_upd']:,} | "
+                     f"{daily['n_tup_hot_upd']:,} | {daily['heap_bytes'] / 2**20:.1f} | "
+                     f"{daily['index_bytes'] / 2**20:.1f} |")
     return "\n".join(lines)
 
 
@@ -518,7 +540,8 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         for number in range(args.rounds):
             result: dict = {"copy": await measure_copy(args.pg, traffic, records,
-                                                       args.batch_size * EVENTS_PER_ENTRY, workdir)}
+                                                       args.batch_size * EVENTS_PER_ENTRY, workdir,
+                                                       args.database_prefix)}
             rates = {k: v for k, v in result["copy"].items() if k != "indexes"}
             print(f"round {number + 1}: raw COPY {json.dumps(rates)}", file=sys.stderr)
             result["processors"] = []
@@ -550,6 +573,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic traffic (default 1)")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="PostgreSQL maintenance database to create and drop benchmark databases from")
+    parser.add_argument("--database-prefix", default="weir_bench_processor_",
+                        help="start of the name of each database the run creates and drops (default "
+                             "weir_bench_processor_); a random suffix follows")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server, without a database number")
     parser.add_argument("--redis-db", type=int, default=14,
                         help="Redis database number to use and flush (default 14; the test suites use 9, 11 and 12)")
@@ -559,6 +585,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     require_loopback(args.pg, "--pg")
     require_loopback(args.redis, "--redis")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", args.database_prefix):
+        parser.error(f"--database-prefix must be lower-case letters, digits and underscores, got {args.database_prefix!r}")
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     return args
