@@ -65,7 +65,7 @@ async def post_collect(request: web.Request) -> web.Response:
     payload = parse_json(body)
 
     if payload.__class__ is dict and "events" not in payload:
-        # One event, the tracker's request: payload_items' answer without the call.
+        # One event, as the tracker sends it: the items and sent_at of payload_items, without the call.
         items, sent_at = [payload], None
     else:
         items, sent_at = payload_items(payload)

@@ -227,10 +227,10 @@ class EventBuilder:
             memo.salts[miss.salt_day] = await self._salts.salt_for_day(miss.salt_day)
 
     def build_cached(self, item: Any, context: RequestContext, memo: RequestMemo | None = None) -> Event:
-        """Return the Event for one payload item from cached sites and salts; raise InvalidEvent
-        naming what is wrong, or CacheMiss when a site or salt has to come from Redis.
+        """Return the Event for one payload item from cached sites and salts.
 
-        Without `memo`, nothing is remembered from one item to the next.
+        Raises InvalidEvent naming what is wrong, or CacheMiss when a site or salt has to come
+        from Redis. Without `memo`, nothing is remembered from one item to the next.
 
         This runs once per event in the request path, so it reads each field once and calls
         `_optional_str` only for a field that is present and not plainly a short enough string.
