@@ -46,10 +46,14 @@ PIXEL_FIELDS = {
 
 def payload_items(payload: Any) -> tuple[list, Any]:
     """Return the events of a payload and the batch's `sent_at`, if it has one."""
+    if isinstance(payload, dict):
+        # One event, as the tracker sends it, is the commonest payload, so it is checked first.
+        events = payload.get("events")
+        if isinstance(events, list):
+            return events, payload.get("sent_at")
+        return [payload], None
     if isinstance(payload, list):
         return payload, None
-    if isinstance(payload, dict) and isinstance(payload.get("events"), list):
-        return payload["events"], payload.get("sent_at")
     return [payload], None
 
 
@@ -62,13 +66,8 @@ async def post_collect(request: web.Request) -> web.Response:
     body = received_body(request)
     if body is None:
         body = await read_body(request)
-    payload = parse_json(body)
+    items, sent_at = payload_items(parse_json(body))
 
-    if payload.__class__ is dict and "events" not in payload:
-        # One event, as the tracker sends it: the items and sent_at of payload_items, without the call.
-        items, sent_at = [payload], None
-    else:
-        items, sent_at = payload_items(payload)
     context = intake.context(request, None if sent_at is None else _batch_sent_at(sent_at))
     events, rejections = await intake.accept(items, context)
     if len(events) == 1 and not rejections:

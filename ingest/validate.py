@@ -85,10 +85,11 @@ class RequestMemo:
 
 
 class CacheMiss(Exception):
-    """An item needs a site or a visitor salt that is not cached in process; only Redis can answer.
+    """A site or visitor salt that an item needs and that is not cached in process, so it must
+    be read from Redis.
 
-    Raised by the synchronous build. `EventBuilder.fill` fetches the answer into a RequestMemo,
-    and the item is built again with that memo.
+    Raised by the synchronous build. `EventBuilder.fill` reads the value into a RequestMemo, and
+    the item is built again with that memo.
     """
 
     def __init__(self, site_host: str | None = None, salt_day: str | None = None) -> None:

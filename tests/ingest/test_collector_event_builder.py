@@ -83,7 +83,7 @@ async def test_invalid_single_event_rejected_as_in_batch(builder):
 
         assert single == ([], [Rejection(0, reason, message)]), item
         assert batch[1] == [Rejection(1, reason, message)], item
-        # The awaited builds have filled the caches, so the synchronous build answers alike.
+        # The awaited builds have filled the caches, so the synchronous build returns the same.
         assert builder.build_now([item], context()) == single, item
         assert builder.build_now([VALID, item], context())[1] == batch[1], item
 
