@@ -16,6 +16,7 @@ import os
 from datetime import datetime, timezone
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from streams.keys import salt_key
 
@@ -26,6 +27,14 @@ SALT_TTL_S = 3 * 24 * 3600
 
 def utc_day(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, tz=timezone.utc).date().isoformat()
+
+
+class SaltEvicted(RedisError):
+    """A day's salt key was gone right after SET NX, which only a Redis that evicts keys does.
+
+    It is a RedisError so that every caller treats it as Redis being unavailable: the collector
+    answers 503 and the client retries, rather than the request failing with a 500.
+    """
 
 
 class SaltStore:
@@ -49,7 +58,8 @@ class SaltStore:
         await self._redis.set(key, os.urandom(SALT_BYTES), nx=True, ex=SALT_TTL_S)
         salt = await self._redis.get(key)
         if salt is None:
-            raise RuntimeError(f"visitor salt {key} vanished right after SET NX; is Redis evicting keys?")
+            raise SaltEvicted(f"visitor salt {key} vanished right after SET NX; set Redis's "
+                              "maxmemory-policy to noeviction")
 
         if len(self._cache) > 8:
             self._cache.clear()

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ingest import group_commit
 from ingest import writer as writer_module
+from ingest.collector import REDIS_KEY
 from ingest.intake import INTAKE_KEY
 from streams.event import Event, encode_entry
 from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP
@@ -214,6 +215,34 @@ async def test_redis_py_writer_failure_fails_its_requests(http, make_collector, 
     assert first[0] == 503
     assert second[0] == 202
     assert len(await stream_events(redis_client)) == 1
+
+
+async def test_evicted_salt_returns_503_and_recovers(http, collector, redis_client, monkeypatch):
+    # A Redis with an evicting maxmemory-policy can drop the day's salt between SET NX and GET.
+    # The eviction is played by a real DEL of the salt key just before the collector's GET.
+    redis = collector.app[REDIS_KEY]
+    original_get = redis.get
+    evictions = 0
+
+    async def evict_then_get(key, *args, **kwargs):
+        nonlocal evictions
+        if str(key).startswith("weir:salt:") and evictions == 0:
+            evictions += 1
+            await redis_client.delete(key)
+        return await original_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(redis, "get", evict_then_get)
+    before = metric("weir_collect_rejected_events_total", reason="redis_unavailable")
+
+    first = await post_event(http, collector)
+    second = await post_event(http, collector)
+
+    assert first[0] == 503
+    assert first[1]["reason"] == "redis_unavailable"
+    assert first[2]["Retry-After"] == "5"
+    assert metric("weir_collect_rejected_events_total", reason="redis_unavailable") == before + 1
+    assert second[0] == 202
+    assert [e.id for e in await stream_events(redis_client)] == second[1]["ids"]
 
 
 def test_encoded_entry_matches_stream_wire_format():
