@@ -7,16 +7,24 @@ the bytes received and to the bytes after decompression, so a small gzip bomb ge
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
+logger = logging.getLogger(__name__)
+
 MAX_BODY_BYTES = 1024 * 1024
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
+"""Seconds a request may take to deliver its body once its headers have arrived (BODY_TIMEOUT_S)."""
+DEFAULT_BODY_TIMEOUT_S = 10.0
 JSON_CONTENT_TYPES = frozenset({
     "", "application/json", "text/plain", "application/octet-stream", "application/x-www-form-urlencoded",
 })
@@ -36,15 +44,18 @@ class RequestRejected(Exception):
 
     `count` is how many events the rejection counter adds under `reason`: 1 for a request
     whose events were never read, 0 when each event was already counted by its own reason.
-    `extra` contains more fields of the error body.
+    `close` asks for the connection to be closed after the answer, because the rest of the body
+    will not come. `extra` contains more fields of the error body.
     """
 
-    def __init__(self, status: int, reason: str, message: str, *, count: int = 1, **extra: Any) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, count: int = 1, close: bool = False,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.count = count
+        self.close = close
         self.extra = extra
 
 
@@ -78,7 +89,7 @@ def received_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> by
         return None
     try:
         body = content.read_nowait()
-    except RequestPayloadError as error:
+    except (RequestPayloadError, BadHttpMessage) as error:
         raise _unreadable(error) from None
     if len(body) > limit_bytes:
         raise _too_large(f"body is {len(body)} bytes; the limit is {limit_bytes}")
@@ -89,18 +100,49 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     """Return the request body, decompressed when its Content-Encoding is gzip or deflate.
 
     The app turns aiohttp's own decompression off (`auto_decompress=False`), so the bytes read
-    here are the bytes sent.
+    here are the bytes sent. A body that takes longer than BODY_TIMEOUT_S to arrive gets 408,
+    so a client that stalls mid-body (or declares more bytes than it sends) cannot hold a
+    connection and a handler forever.
     """
     body = received_body(request, limit_bytes)
     if body is not None:
         return body
+    timeout_s = request.app.get(BODY_TIMEOUT_KEY, DEFAULT_BODY_TIMEOUT_S)
     try:
-        body = await request.read()
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(f"body is over the limit of {limit_bytes} bytes") from None
-    except RequestPayloadError as error:
+    except (RequestPayloadError, BadHttpMessage) as error:
         raise _unreadable(error) from None
+    except TimeoutError:
+        raise RequestRejected(408, "body_timeout",
+                              f"request body did not arrive within {timeout_s:g} s; send the whole body at once, "
+                              "with a Content-Length that matches it", close=True) from None
+    except ConnectionError:
+        # The client is gone and will never read the response. Counting the rejection keeps the
+        # loss visible, and one log line replaces aiohttp's traceback of an unhandled error.
+        logger.info("client disconnected mid-body path=%s peer=%s", request.path, request.remote)
+        raise RequestRejected(400, "client_disconnected",
+                              "the client closed the connection before sending the whole body", close=True) from None
     return _decoded(request, body, limit_bytes)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Send `100 Continue` to `Expect: 100-continue` only when the declared body is within the limit.
+
+    Otherwise nothing is sent here and the handler responds 413 through its route's error
+    format and counters, so a client never sends a body that would be rejected. Any other
+    expectation is ignored, as RFC 9110 allows, and the request is handled as if it had none.
+    """
+    if request.headers.get("Expect", "").lower() != "100-continue" or request.version < (1, 1):
+        return
+    content_length = request.content_length
+    if content_length is not None and content_length > MAX_BODY_BYTES:
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The final response's size is counted from here, as in aiohttp's default handler.
+    request.writer.output_size = 0
 
 
 def _decoded(request: web.Request, body: bytes, limit_bytes: int) -> bytes:

@@ -232,6 +232,8 @@ def event_route(route: str, render_error: ErrorRenderer = render_json_error) -> 
                 if rejected.count:
                     metrics.EVENTS_REJECTED.labels(rejected.reason).inc(rejected.count)
                 response = render_error(rejected)
+                if rejected.close:
+                    response.force_close()
             if cors_headers is not None:
                 response.headers.update(cors_headers)
             metrics.REQUEST_SECONDS.observe(perf_counter() - started)

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.body import RequestRejected, check_content_type, parse_json, read_body
+from ingest.body import RequestRejected, check_content_type, expect_continue, parse_json, read_body
 from ingest.intake import INTAKE_KEY, event_route, json_response, retry_headers
 from ingest.validate import InvalidEvent, parse_timestamp
 
@@ -54,9 +54,9 @@ def add_segment_routes(app: web.Application, write_keys: dict[str, str]) -> None
     """Register the Segment routes on `app`, mapping write keys to site domains."""
     app[WRITE_KEYS_KEY] = write_keys
     for message_type in SINGLE_MESSAGE_TYPES:
-        app.router.add_post(f"/v1/{message_type}", _handler_for(message_type))
-    app.router.add_post("/v1/batch", _handler_for(None))
-    app.router.add_post("/v1/import", _handler_for(None))
+        app.router.add_post(f"/v1/{message_type}", _handler_for(message_type), expect_handler=expect_continue)
+    app.router.add_post("/v1/batch", _handler_for(None), expect_handler=expect_continue)
+    app.router.add_post("/v1/import", _handler_for(None), expect_handler=expect_continue)
 
 
 def _handler_for(message_type: str | None):

@@ -34,6 +34,12 @@ class CollectorSettings(ServiceSettings):
         description="limit in seconds on connecting to Redis and on each command; a request whose write "
                     "waits longer answers 503",
     )
+    BODY_TIMEOUT_S: float = Field(
+        10.0,
+        gt=0,
+        description="limit in seconds on receiving a request body once its headers have arrived; a slower "
+                    "body answers 408 and its connection is closed",
+    )
     SEGMENT_WRITE_KEYS: SecretStr = Field(
         SecretStr(""),
         description="comma-separated KEY=DOMAIN pairs mapping Segment write keys to sites, "

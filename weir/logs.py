@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 
 class KeyValueFormatter(logging.Formatter):
     """Formats `time level logger message` with the ids that callers pass in `extra`."""
@@ -25,3 +27,30 @@ def configure_logging(level: str = "info") -> None:
     root.addHandler(handler)
     # aiohttp's access log repeats every request; the services count requests in /metrics instead.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_malformed_requests()
+
+
+class MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's traceback of a request it could not parse into one WARNING line.
+
+    aiohttp responds to such a request (broken chunked framing, a bad header line) with 400 by
+    itself and logs the parser's exception with its full traceback at ERROR. On a service that
+    the public internet reaches, that is the client's mistake, not the server's.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            message = record.getMessage()
+            record.msg = "%s; answered %d error=%s"
+            record.args = (message, error.code, " ".join(str(error.message).split()))
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install MalformedRequestFilter on aiohttp's server logger, once per process."""
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_logger.filters):
+        server_logger.addFilter(MalformedRequestFilter())

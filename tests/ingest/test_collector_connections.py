@@ -1,0 +1,189 @@
+"""Requests that misbehave at the connection level: stalled or cut-off bodies, broken chunked
+framing, `Expect: 100-continue`, and paths or methods that no route takes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from ingest.body import MAX_BODY_BYTES
+from tests.ingest.conftest import metric, stream_events
+
+HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
+EVENT = orjson.dumps({"site": "example.com", "path": "/a"})
+
+
+async def connect(collector) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = collector.url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP response with a Content-Length body; return status, headers and body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines if line)
+    body = await asyncio.wait_for(reader.readexactly(int(headers["Content-Length"])), 10)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def server_errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_stalled_body_408_and_closed(make_collector, sites, redis_client):
+    collector = await make_collector(BODY_TIMEOUT_S=0.5)
+    before = metric("weir_collect_rejected_events_total", reason="body_timeout")
+    reader, writer = await connect(collector)
+    started = time.monotonic()
+
+    # The headers promise 100 bytes and only 7 come.
+    writer.write(HEAD + b"Content-Length: 100\r\n\r\n" + EVENT[:7])
+    await writer.drain()
+    status, headers, body = await read_response(reader)
+    elapsed_s = time.monotonic() - started
+    closed = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert status == 408
+    assert orjson.loads(body) == {
+        "error": "request body did not arrive within 0.5 s; send the whole body at once, "
+                 "with a Content-Length that matches it",
+        "reason": "body_timeout",
+    }
+    assert headers["Connection"] == "close"
+    assert closed == b""
+    assert 0.5 <= elapsed_s < 3
+    assert metric("weir_collect_rejected_events_total", reason="body_timeout") == before + 1
+    assert await stream_events(redis_client) == []
+
+
+async def test_slow_body_parts_accepted(make_collector, sites, redis_client):
+    collector = await make_collector(BODY_TIMEOUT_S=2)
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT[:5])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(EVENT[5:])
+    status, _, body = await read_response(reader)
+    writer.close()
+
+    assert status == 202
+    assert [e.id for e in await stream_events(redis_client)] == orjson.loads(body)["ids"]
+
+
+async def test_disconnect_mid_body_counted_quietly(collector, redis_client, caplog):
+    before = metric("weir_collect_rejected_events_total", reason="client_disconnected")
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: 100\r\n\r\n" + EVENT[:7])
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.transport.abort()
+    for _ in range(100):
+        if metric("weir_collect_rejected_events_total", reason="client_disconnected") > before:
+            break
+        await asyncio.sleep(0.02)
+
+    assert metric("weir_collect_rejected_events_total", reason="client_disconnected") == before + 1
+    assert server_errors(caplog) == []
+    assert await stream_events(redis_client) == []
+
+
+async def test_malformed_chunked_400_one_log_line(collector, redis_client, caplog):
+    # The whole request arrives in one packet, so aiohttp's parser rejects it before any handler.
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    await writer.drain()
+    status, _, body = await read_response(reader)
+    writer.close()
+    warnings = [r for r in caplog.records if r.name == "aiohttp.server"]
+
+    assert status == 400
+    assert b"Invalid character in chunk size" in body
+    assert server_errors(caplog) == []
+    assert [(r.levelname, r.exc_info) for r in warnings] == [("WARNING", None)]
+    assert warnings[0].getMessage() == ("Error handling request from 127.0.0.1; answered 400 "
+                                        "error=Invalid character in chunk size: b'zz' ^")
+    assert await stream_events(redis_client) == []
+
+
+async def test_bad_chunk_later_408_by_timeout(make_collector, sites, redis_client, caplog):
+    # The bad chunk comes after the handler started reading the body. aiohttp 3.14's parser
+    # then queues a 400 for after this request and never fails the body being read, so the
+    # body timeout is what responds.
+    collector = await make_collector(BODY_TIMEOUT_S=0.5)
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b"zz\r\nabc\r\n0\r\n\r\n")
+    status, _, body = await read_response(reader)
+    writer.close()
+
+    assert status == 408
+    assert orjson.loads(body)["reason"] == "body_timeout"
+    assert server_errors(caplog) == []
+    assert await stream_events(redis_client) == []
+
+
+async def test_expect_over_limit_413_without_100(collector):
+    before = metric("weir_collect_rejected_events_total", reason="body_too_large")
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    await writer.drain()
+    status, _, body = await read_response(reader)
+    writer.close()
+
+    assert status == 413
+    assert orjson.loads(body) == {"error": f"body is {MAX_BODY_BYTES + 1} bytes; the limit is {MAX_BODY_BYTES}",
+                                  "reason": "body_too_large"}
+    assert metric("weir_collect_rejected_events_total", reason="body_too_large") == before + 1
+
+
+async def test_expect_within_limit_100_then_202(collector, redis_client):
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.write(EVENT)
+    status, _, body = await read_response(reader)
+    writer.close()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status == 202
+    assert [e.id for e in await stream_events(redis_client)] == orjson.loads(body)["ids"]
+
+
+async def test_other_expectation_ignored(http, collector, redis_client):
+    async with http.post(collector.route("/collect"), data=EVENT, headers={"Expect": "something-else"}) as response:
+        assert response.status == 202
+
+    assert len(await stream_events(redis_client)) == 1
+
+
+async def test_unknown_path_404_json(http, collector):
+    async with http.post(collector.route("/colect"), data=EVENT) as response:
+        status, body = response.status, await response.json()
+
+    assert status == 404
+    assert body == {"error": "no route for /colect; events go to POST /collect, POST /api/event or POST /v1/batch",
+                    "reason": "not_found"}
+
+
+async def test_wrong_method_405_json_with_allow(http, collector):
+    async with http.put(collector.route("/collect"), data=EVENT) as response:
+        status, body, allow = response.status, await response.json(), response.headers["Allow"]
+
+    assert status == 405
+    assert body == {"error": "PUT is not allowed on /collect; use GET or HEAD or POST",
+                    "reason": "method_not_allowed", "allowed": ["GET", "HEAD", "POST"]}
+    assert allow == "GET, HEAD, POST"
