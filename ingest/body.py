@@ -85,7 +85,10 @@ def received_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> by
     if not content.is_eof():
         content_length = request.content_length
         if content_length is not None and content_length > limit_bytes:
-            raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}")
+            # Rejected before any of the body is read, and a client that waited for 100 Continue
+            # sends none, so the connection cannot carry another request.
+            raise RequestRejected(413, "body_too_large", f"body is {content_length} bytes; the limit is {limit_bytes}",
+                                  close=True)
         return None
     try:
         body = content.read_nowait()
@@ -140,7 +143,12 @@ async def expect_continue(request: web.Request) -> None:
     content_length = request.content_length
     if content_length is not None and content_length > MAX_BODY_BYTES:
         return
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    try:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    except ConnectionError:
+        # The client left before the 100 went out. The handler's body read then fails the same
+        # way and counts it as client_disconnected.
+        return
     # The final response's size is counted from here, as in aiohttp's default handler.
     request.writer.output_size = 0
 

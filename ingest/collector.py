@@ -59,8 +59,8 @@ time, Redis faked) spent about 1.5 µs less of about 29 µs per request with the
 """
 LINGERING_TIME_S = 2.0
 """Seconds the rest of a body is read and dropped after an early response (413, 408) before the
-connection closes. Closing at once can reset the connection before the client reads the response;
-aiohttp's default of 10 s would let a stalled client hold the connection that much longer."""
+connection closes. Closing at once can reset the connection before the client reads the response.
+aiohttp's default of 10 s would let a stalled client hold the connection 8 s longer."""
 REDIS_KEY = web.AppKey("redis", Redis)
 SETTINGS_KEY = web.AppKey("settings", CollectorSettings)
 
@@ -130,7 +130,7 @@ def create_collector_app(settings: CollectorSettings, *, stream: str | None = No
     app.router.add_get("/script.js", tracker_script)
     add_health_routes(app, checks)
     # Last, so that the router reaches it only when no route above matched the path and method.
-    app.router.add_route("*", "/{path:.*}", unknown_route)
+    app.router.add_route("*", "/{path:.*}", unknown_route, expect_handler=expect_continue)
     return app
 
 
@@ -140,15 +140,21 @@ async def unknown_route(request: web.Request) -> web.Response:
     for resource in request.app.router.resources():
         if resource.canonical != UNKNOWN_ROUTE:
             allowed |= (await resource.resolve(request))[1]
-    allowed.discard("OPTIONS")
+    path = request.path if len(request.path) <= MAX_PATH_ECHOED else request.path[:MAX_PATH_ECHOED] + "..."
     if allowed:
         methods = sorted(allowed)
-        return json_response({"error": f"{request.method} is not allowed on {request.path}; use {' or '.join(methods)}",
-                              "reason": "method_not_allowed", "allowed": methods},
-                             405, {"Allow": ", ".join(methods)})
-    return json_response({"error": f"no route for {request.path}; events go to POST /collect, "
-                                   "POST /api/event or POST /v1/batch",
-                          "reason": "not_found"}, 404)
+        response = json_response({"error": f"{request.method} is not allowed on {path}; use {' or '.join(methods)}",
+                                  "reason": "method_not_allowed", "allowed": methods},
+                                 405, {"Allow": ", ".join(methods)})
+    else:
+        response = json_response({"error": f"no route for {path}; events go to POST /collect, "
+                                           "POST /api/event or POST /v1/batch",
+                                  "reason": "not_found"}, 404)
+    if not request.content.is_eof():
+        # The body is never read, and a client that waits for 100 Continue sends none.
+        response.force_close()
+    return response
 
 
+MAX_PATH_ECHOED = 200
 UNKNOWN_ROUTE = "/{path}"

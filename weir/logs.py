@@ -31,21 +31,27 @@ def configure_logging(level: str = "info") -> None:
 
 
 class MalformedRequestFilter(logging.Filter):
-    """Turns aiohttp's traceback of a request it could not parse into one WARNING line.
+    """Turns aiohttp's traceback of a request it could not parse into one line, at WARNING at most.
 
     aiohttp responds to such a request (broken chunked framing, a bad header line) with 400 by
     itself and logs the parser's exception with its full traceback at ERROR. On a service that
-    the public internet reaches, that is the client's mistake, not the server's.
+    the public internet reaches, that is the client's mistake, not the server's. Records that
+    aiohttp logs at DEBUG (such as TLS traffic on the plain port) keep their level.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
+        if not isinstance(error, HttpProcessingError):
+            return True
+        try:
             message = record.getMessage()
-            record.msg = "%s; answered %d error=%s"
-            record.args = (message, error.code, " ".join(str(error.message).split()))
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg = "%s: malformed request error=%s"
+        record.args = (message, " ".join(str(error.message).split()))
+        if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info = record.exc_text = None
+        record.exc_info = record.exc_text = None
         return True
 
 

@@ -8,9 +8,11 @@ import logging
 import time
 
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ingest.body import MAX_BODY_BYTES
 from tests.ingest.conftest import metric, stream_events
+from weir.logs import MalformedRequestFilter
 
 HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
 EVENT = orjson.dumps({"site": "example.com", "path": "/a"})
@@ -108,7 +110,7 @@ async def test_malformed_chunked_400_one_log_line(collector, redis_client, caplo
     assert b"Invalid character in chunk size" in body
     assert server_errors(caplog) == []
     assert [(r.levelname, r.exc_info) for r in warnings] == [("WARNING", None)]
-    assert warnings[0].getMessage() == ("Error handling request from 127.0.0.1; answered 400 "
+    assert warnings[0].getMessage() == ("Error handling request from 127.0.0.1: malformed request "
                                         "error=Invalid character in chunk size: b'zz' ^")
     assert await stream_events(redis_client) == []
 
@@ -184,6 +186,96 @@ async def test_wrong_method_405_json_with_allow(http, collector):
         status, body, allow = response.status, await response.json(), response.headers["Allow"]
 
     assert status == 405
-    assert body == {"error": "PUT is not allowed on /collect; use GET or HEAD or POST",
-                    "reason": "method_not_allowed", "allowed": ["GET", "HEAD", "POST"]}
-    assert allow == "GET, HEAD, POST"
+    assert body == {"error": "PUT is not allowed on /collect; use GET or HEAD or OPTIONS or POST",
+                    "reason": "method_not_allowed", "allowed": ["GET", "HEAD", "OPTIONS", "POST"]}
+    assert allow == "GET, HEAD, OPTIONS, POST"
+
+
+async def test_unknown_path_long_path_cut(http, collector):
+    async with http.get(collector.route("/" + "a" * 300)) as response:
+        status, body = response.status, await response.json()
+
+    assert status == 404
+    assert body["error"] == ("no route for /" + "a" * 199 + "...; events go to POST /collect, "
+                             "POST /api/event or POST /v1/batch")
+
+
+async def test_unknown_path_expect_over_limit_closes(collector):
+    reader, writer = await connect(collector)
+
+    writer.write(b"POST /colect HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                 % (MAX_BODY_BYTES + 1))
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    assert status == 404
+    assert headers["Connection"] == "close"
+    assert rest == b""
+
+
+async def test_expect_413_closes_connection(collector, redis_client):
+    # The 413 is sent before any body, so a client that waited for 100 sends none. Without
+    # Connection: close the client may reuse the connection, and its next request is read as the body.
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    if headers.get("Connection") != "close":
+        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+        await writer.drain()
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    assert status == 413
+    assert headers.get("Connection") == "close"
+    assert rest == b""
+    assert await stream_events(redis_client) == []
+
+
+async def test_disconnect_before_100_no_traceback(collector, caplog):
+    # Each client sends headers with Expect: 100-continue and disconnects before the 100 is written.
+    # That is the client's doing, so it must not log a server error.
+    for _ in range(10):
+        _, writer = await connect(collector)
+        writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
+        writer.transport.abort()
+    await asyncio.sleep(0.3)
+
+    assert server_errors(caplog) == []
+
+
+def log_record(level: int, error: Exception | None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return logging.LogRecord("aiohttp.server", level, __file__, 1, "Error handling request from %s", ("10.0.0.1",),
+                             exc_info)
+
+
+def test_log_filter_lowers_error_to_warning():
+    record = log_record(logging.ERROR, BadHttpMessage("Invalid header value"))
+
+    assert MalformedRequestFilter().filter(record) is True
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
+    assert record.getMessage() == "Error handling request from 10.0.0.1: malformed request error=Invalid header value"
+
+
+def test_log_filter_keeps_debug_level():
+    record = log_record(logging.DEBUG, BadHttpMessage("Received HTTPS traffic on an HTTP port"))
+
+    MalformedRequestFilter().filter(record)
+
+    assert record.levelname == "DEBUG"
+
+
+def test_log_filter_leaves_other_errors():
+    error = ValueError("not an HTTP parse error")
+    record = log_record(logging.ERROR, error)
+
+    MalformedRequestFilter().filter(record)
+
+    assert record.levelname == "ERROR"
+    assert record.exc_info[1] is error
+    assert record.getMessage() == "Error handling request from 10.0.0.1"
