@@ -154,6 +154,9 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
         raise InvalidEvent("invalid_field", f"unknown message type {kind!r}; expected one of "
                            + ", ".join(SINGLE_MESSAGE_TYPES))
     item.update(translate(message, context))
+    if not user_id and not anonymous_id:
+        # Segment's own API rejects such a message too: without either id, no visitor can be told apart.
+        raise InvalidEvent("missing_field", f"a {kind} message needs `userId` or `anonymousId`")
     return item
 
 

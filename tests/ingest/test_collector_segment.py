@@ -206,6 +206,23 @@ async def test_batch_rejects_bad_messages_by_index(http, collector, redis_client
     assert "unknown message type 'launch'" in body["rejected"][0]["error"]
 
 
+async def test_message_without_ids_rejected(http, collector, redis_client):
+    batch = [{"type": "track", "event": "no ids"}, {"type": "track", "event": "ok", "anonymousId": "a1"},
+             {"type": "page", "userId": "", "anonymousId": "", "properties": {"path": "/"}}]
+
+    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
+                         headers={"Authorization": basic(WRITE_KEY)}) as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["accepted"] == 1
+    assert body["rejected"] == [
+        {"index": 0, "reason": "missing_field", "error": "a track message needs `userId` or `anonymousId`"},
+        {"index": 2, "reason": "missing_field", "error": "a page message needs `userId` or `anonymousId`"},
+    ]
+    assert [e.action for e in await stream_events(redis_client)] == ["ok"]
+
+
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
     skewed = {"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": "m",
                          "timestamp": "2030-01-01T00:00:00.000Z"}],
