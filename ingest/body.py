@@ -25,6 +25,9 @@ MAX_BODY_BYTES = 1024 * 1024
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 """Seconds a request may take to deliver its body once its headers have arrived (BODY_TIMEOUT_S)."""
 DEFAULT_BODY_TIMEOUT_S = 10.0
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request whose client left mid-body, as nginx logs such requests. The
+response is never received, but the request counter then shows these apart from bad input (400)."""
 JSON_CONTENT_TYPES = frozenset({
     "", "application/json", "text/plain", "application/octet-stream", "application/x-www-form-urlencoded",
 })
@@ -126,7 +129,7 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
         # The client is gone and will never read the response. Counting the rejection keeps the
         # loss visible, and one log line replaces aiohttp's traceback of an unhandled error.
         logger.info("client disconnected mid-body path=%s peer=%s", request.path, request.remote)
-        raise RequestRejected(400, "client_disconnected",
+        raise RequestRejected(CLIENT_CLOSED_REQUEST, "client_disconnected",
                               "the client closed the connection before sending the whole body", close=True) from None
     return _decoded(request, body, limit_bytes)
 

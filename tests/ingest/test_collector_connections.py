@@ -80,6 +80,7 @@ async def test_slow_body_parts_accepted(make_collector, sites, redis_client):
 
 async def test_disconnect_mid_body_counted_quietly(collector, redis_client, caplog):
     before = metric("weir_collect_rejected_events_total", reason="client_disconnected")
+    requests_before = metric("weir_collect_requests_total", route="/collect", status="499")
     reader, writer = await connect(collector)
 
     writer.write(HEAD + b"Content-Length: 100\r\n\r\n" + EVENT[:7])
@@ -92,6 +93,7 @@ async def test_disconnect_mid_body_counted_quietly(collector, redis_client, capl
         await asyncio.sleep(0.02)
 
     assert metric("weir_collect_rejected_events_total", reason="client_disconnected") == before + 1
+    assert metric("weir_collect_requests_total", route="/collect", status="499") == requests_before + 1
     assert server_errors(caplog) == []
     assert await stream_events(redis_client) == []
 
