@@ -134,6 +134,10 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     return _decoded(request, body, limit_bytes)
 
 
+async def expect_nothing(request: web.Request) -> None:
+    """Send no `100 Continue`, for a route that rejects every request without reading its body."""
+
+
 async def expect_continue(request: web.Request) -> None:
     """Send `100 Continue` to `Expect: 100-continue` only when the declared body is within the limit.
 

@@ -28,7 +28,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from ingest.backlog import BacklogMonitor
-from ingest.body import BODY_TIMEOUT_KEY, MAX_BODY_BYTES, expect_continue
+from ingest.body import BODY_TIMEOUT_KEY, MAX_BODY_BYTES, expect_continue, expect_nothing
 from ingest.client_ip import parse_networks
 from ingest.collect import get_collect, post_collect
 from ingest.cors import CORS_KEY, CorsPolicy, preflight
@@ -130,7 +130,7 @@ def create_collector_app(settings: CollectorSettings, *, stream: str | None = No
     app.router.add_get("/script.js", tracker_script)
     add_health_routes(app, checks)
     # Last, so that the router reaches it only when no route above matched the path and method.
-    app.router.add_route("*", "/{path:.*}", unknown_route, expect_handler=expect_continue)
+    app.router.add_route("*", "/{path:.*}", unknown_route, expect_handler=expect_nothing)
     return app
 
 

@@ -232,7 +232,9 @@ def event_route(route: str, render_error: ErrorRenderer = render_json_error) -> 
                 if rejected.count:
                     metrics.EVENTS_REJECTED.labels(rejected.reason).inc(rejected.count)
                 response = render_error(rejected)
-                if rejected.close:
+                if rejected.close or not request.content.is_eof():
+                    # The rest of the body may never come (a client waiting for a 100 Continue that
+                    # was held back sends none), so the connection cannot carry another request.
                     response.force_close()
             if cors_headers is not None:
                 response.headers.update(cors_headers)

@@ -155,9 +155,18 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
                            + ", ".join(SINGLE_MESSAGE_TYPES))
     item.update(translate(message, context))
     if not user_id and not anonymous_id:
-        # Segment's own API rejects such a message too: without either id, no visitor can be told apart.
-        raise InvalidEvent("missing_field", f"a {kind} message needs `userId` or `anonymousId`")
+        _reject_without_ids(message, kind)
     return item
+
+
+def _reject_without_ids(message: dict, kind: str) -> None:
+    """Raise InvalidEvent for a message with no usable id. Segment's own API rejects these too,
+    because without either id the visitors of one server-side sender cannot be distinguished."""
+    for field in ("userId", "anonymousId"):
+        value = message.get(field)
+        if value is not None and value != "":
+            raise InvalidEvent("invalid_field", f"{field} must be a string or a number, got {type(value).__name__}")
+    raise InvalidEvent("missing_field", f"a message of type {kind!r} needs `userId` or `anonymousId`")
 
 
 def _track(message: dict, _context: dict) -> dict[str, Any]:

@@ -30,6 +30,10 @@ def configure_logging(level: str = "info") -> None:
     quiet_malformed_requests()
 
 
+MAX_DETAIL_CHARS = 300
+"""Characters of a malformed request's error kept in its log line."""
+
+
 class MalformedRequestFilter(logging.Filter):
     """Turns aiohttp's traceback of a request it could not parse into one line, at WARNING at most.
 
@@ -47,8 +51,12 @@ class MalformedRequestFilter(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):
             message = str(record.msg)
+        detail = " ".join(str(error.message).split())
+        if len(detail) > MAX_DETAIL_CHARS:
+            # aiohttp quotes the offending line, which a client can make 8 KB long (32 KB escaped).
+            detail = detail[:MAX_DETAIL_CHARS] + "..."
         record.msg = "%s: malformed request error=%s"
-        record.args = (message, " ".join(str(error.message).split()))
+        record.args = (message, detail)
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info = record.exc_text = None

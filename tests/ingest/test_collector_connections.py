@@ -11,6 +11,8 @@ import orjson
 from aiohttp.http_exceptions import BadHttpMessage
 
 from ingest.body import MAX_BODY_BYTES
+from ingest.intake import INTAKE_KEY
+from streams.keys import EVENTS_STREAM
 from tests.ingest.conftest import metric, stream_events
 from weir.logs import MalformedRequestFilter
 
@@ -249,6 +251,27 @@ async def test_disconnect_before_100_no_traceback(collector, caplog):
     assert server_errors(caplog) == []
 
 
+async def test_unknown_path_expect_gets_no_100(collector):
+    reader, writer = await connect(collector)
+
+    writer.write(b"POST /colect HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    writer.close()
+
+    assert status == 404
+    assert headers["Connection"] == "close"
+
+
+def test_log_filter_cuts_long_detail():
+    record = log_record(logging.ERROR, BadHttpMessage("Invalid method " + "x" * 1000))
+
+    MalformedRequestFilter().filter(record)
+
+    assert record.getMessage() == ("Error handling request from 10.0.0.1: malformed request error=Invalid method "
+                                   + "x" * 285 + "...")
+
+
 def log_record(level: int, error: Exception | None) -> logging.LogRecord:
     exc_info = (type(error), error, None) if error is not None else None
     return logging.LogRecord("aiohttp.server", level, __file__, 1, "Error handling request from %s", ("10.0.0.1",),
@@ -281,3 +304,41 @@ def test_log_filter_leaves_other_errors():
     assert record.levelname == "ERROR"
     assert record.exc_info[1] is error
     assert record.getMessage() == "Error handling request from 10.0.0.1"
+
+
+async def test_expect_over_limit_415_closes_connection(collector, redis_client):
+    # No 100 goes out for a body over the limit, so the client sends none. The content type is checked
+    # first, and without Connection: close the client's next request is read and dropped as the body.
+    reader, writer = await connect(collector)
+
+    writer.write(b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: image/png\r\n"
+                 b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    if headers.get("Connection") != "close":
+        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+        await writer.drain()
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    assert status == 415
+    assert headers.get("Connection") == "close"
+    assert rest == b""
+    assert await stream_events(redis_client) == []
+
+
+async def test_expect_over_limit_503_closes_connection(make_collector, sites, redis_client):
+    # Backpressure is checked before the body's size too.
+    collector = await make_collector(STREAM_MAX_LENGTH=3)
+    for _ in range(4):
+        await redis_client.xadd(EVENTS_STREAM, {"v": "1", "events": "[]"})
+    assert await collector.app[INTAKE_KEY].backlog.refresh() == 4
+    reader, writer = await connect(collector)
+
+    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    writer.close()
+
+    assert status == 503
+    assert headers.get("Connection") == "close"

@@ -217,10 +217,26 @@ async def test_message_without_ids_rejected(http, collector, redis_client):
     assert response.status == 200
     assert body["accepted"] == 1
     assert body["rejected"] == [
-        {"index": 0, "reason": "missing_field", "error": "a track message needs `userId` or `anonymousId`"},
-        {"index": 2, "reason": "missing_field", "error": "a page message needs `userId` or `anonymousId`"},
+        {"index": 0, "reason": "missing_field", "error": "a message of type 'track' needs `userId` or `anonymousId`"},
+        {"index": 2, "reason": "missing_field", "error": "a message of type 'page' needs `userId` or `anonymousId`"},
     ]
     assert [e.action for e in await stream_events(redis_client)] == ["ok"]
+
+
+async def test_id_of_wrong_type_rejected(http, collector, redis_client):
+    batch = [{"type": "track", "event": "e", "userId": True}, {"type": "identify", "anonymousId": {"a": 1}},
+             {"type": "track", "event": "ok", "userId": 7}]
+
+    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
+                         headers={"Authorization": basic(WRITE_KEY)}) as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["rejected"] == [
+        {"index": 0, "reason": "invalid_field", "error": "userId must be a string or a number, got bool"},
+        {"index": 1, "reason": "invalid_field", "error": "anonymousId must be a string or a number, got dict"},
+    ]
+    assert [e.user_id for e in await stream_events(redis_client)] == ["7"]
 
 
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
