@@ -22,6 +22,9 @@ from aiohttp.web_protocol import RequestPayloadError
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+CONTINUE_WITHHELD = web.RequestKey("continue_withheld", bool)
+"""Set on a request whose `100 Continue` was held back: its client sends no body, so any response
+must close the connection."""
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 """Seconds a request may take to deliver its body once its headers have arrived (BODY_TIMEOUT_S)."""
 DEFAULT_BODY_TIMEOUT_S = 10.0
@@ -149,6 +152,7 @@ async def expect_continue(request: web.Request) -> None:
         return
     content_length = request.content_length
     if content_length is not None and content_length > MAX_BODY_BYTES:
+        request[CONTINUE_WITHHELD] = True
         return
     try:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

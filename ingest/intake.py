@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ingest import metrics
 from ingest.backlog import BacklogMonitor
-from ingest.body import RequestRejected
+from ingest.body import CONTINUE_WITHHELD, RequestRejected
 from ingest.client_ip import address_text, client_ip
 from ingest.cors import CORS_KEY
 from ingest.validate import CacheMiss, EventBuilder, InvalidEvent, Rejection, RequestContext
@@ -232,9 +232,10 @@ def event_route(route: str, render_error: ErrorRenderer = render_json_error) -> 
                 if rejected.count:
                     metrics.EVENTS_REJECTED.labels(rejected.reason).inc(rejected.count)
                 response = render_error(rejected)
-                if rejected.close or not request.content.is_eof():
-                    # The rest of the body may never come (a client waiting for a 100 Continue that
-                    # was held back sends none), so the connection cannot carry another request.
+                if rejected.close or request.get(CONTINUE_WITHHELD):
+                    # The rest of the body will not come, so the connection cannot carry another
+                    # request. A body that is still arriving otherwise is read and dropped by aiohttp
+                    # (LINGERING_TIME_S), and the connection stays open.
                     response.force_close()
             if cors_headers is not None:
                 response.headers.update(cors_headers)

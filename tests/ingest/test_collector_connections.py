@@ -18,6 +18,7 @@ from weir.logs import MalformedRequestFilter
 
 HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
 EVENT = orjson.dumps({"site": "example.com", "path": "/a"})
+UNSUPPORTED_TYPE_HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: image/png\r\n"
 
 
 async def connect(collector) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -270,6 +271,47 @@ def test_log_filter_cuts_long_detail():
 
     assert record.getMessage() == ("Error handling request from 10.0.0.1: malformed request error=Invalid method "
                                    + "x" * 285 + "...")
+
+
+async def assert_next_request_accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+    await writer.drain()
+    status, _, body = await read_response(reader)
+    assert status == 202, body
+
+
+async def test_415_after_100_keeps_connection(collector, redis_client):
+    reader, writer = await connect(collector)
+    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    # The 100 went out, so this client sends its body.
+    writer.write(EVENT)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status == 415
+    assert headers.get("Connection") != "close"
+    await assert_next_request_accepted(reader, writer)
+    writer.close()
+
+
+async def test_415_late_body_keeps_connection(collector, redis_client):
+    # A client may write the headers and the body separately, so the handler can run before a
+    # small body arrives.
+    reader, writer = await connect(collector)
+    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(EVENT)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+
+    assert status == 415
+    assert headers.get("Connection") != "close"
+    await assert_next_request_accepted(reader, writer)
+    writer.close()
 
 
 def log_record(level: int, error: Exception | None) -> logging.LogRecord:
