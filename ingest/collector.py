@@ -122,7 +122,8 @@ def create_collector_app(settings: CollectorSettings, *, stream: str | None = No
     checks.hard["redis"] = check_redis
     app.cleanup_ctx.append(redis_context)
     app.router.add_post("/collect", post_collect, expect_handler=expect_continue)
-    app.router.add_get("/collect", get_collect)
+    # No HEAD: link checkers and uptime monitors send HEAD, and each would store a pageview.
+    app.router.add_get("/collect", get_collect, allow_head=False)
     app.router.add_post("/api/event", plausible_event, expect_handler=expect_continue)
     add_segment_routes(app, write_keys)
     for resource in list(app.router.resources()):

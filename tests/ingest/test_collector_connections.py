@@ -191,9 +191,19 @@ async def test_wrong_method_405_json_with_allow(http, collector):
         status, body, allow = response.status, await response.json(), response.headers["Allow"]
 
     assert status == 405
-    assert body == {"error": "PUT is not allowed on /collect; use GET or HEAD or OPTIONS or POST",
-                    "reason": "method_not_allowed", "allowed": ["GET", "HEAD", "OPTIONS", "POST"]}
-    assert allow == "GET, HEAD, OPTIONS, POST"
+    assert body == {"error": "PUT is not allowed on /collect; use GET or OPTIONS or POST",
+                    "reason": "method_not_allowed", "allowed": ["GET", "OPTIONS", "POST"]}
+    assert allow == "GET, OPTIONS, POST"
+
+
+async def test_head_pixel_405_stores_nothing(http, collector, redis_client):
+    # Link checkers and uptime monitors send HEAD; each would otherwise count as a pageview.
+    async with http.head(collector.route("/collect?site=example.com&path=/probe")) as response:
+        status, allow = response.status, response.headers["Allow"]
+
+    assert status == 405
+    assert allow == "GET, OPTIONS, POST"
+    assert await stream_events(redis_client) == []
 
 
 async def test_unknown_path_long_path_cut(http, collector):
