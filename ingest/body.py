@@ -137,8 +137,18 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     return _decoded(request, body, limit_bytes)
 
 
+def expects_continue(request: web.Request) -> bool:
+    """Return whether the request waits for `100 Continue`: `100-continue` is one of its Expect values."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version < (1, 1):
+        return False
+    return any(value.strip().lower() == "100-continue" for value in expect.split(","))
+
+
 async def expect_nothing(request: web.Request) -> None:
     """Send no `100 Continue`, for a route that rejects every request without reading its body."""
+    if expects_continue(request):
+        request[CONTINUE_WITHHELD] = True
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -148,7 +158,7 @@ async def expect_continue(request: web.Request) -> None:
     format and counters, so a client never sends a body that would be rejected. Any other
     expectation is ignored, as RFC 9110 allows, and the request is handled as if it had none.
     """
-    if request.headers.get("Expect", "").lower() != "100-continue" or request.version < (1, 1):
+    if not expects_continue(request):
         return
     content_length = request.content_length
     if content_length is not None and content_length > MAX_BODY_BYTES:

@@ -28,7 +28,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from ingest.backlog import BacklogMonitor
-from ingest.body import BODY_TIMEOUT_KEY, MAX_BODY_BYTES, expect_continue, expect_nothing
+from ingest.body import BODY_TIMEOUT_KEY, CONTINUE_WITHHELD, MAX_BODY_BYTES, expect_continue, expect_nothing
 from ingest.client_ip import parse_networks
 from ingest.collect import get_collect, post_collect
 from ingest.cors import CORS_KEY, CorsPolicy, preflight
@@ -151,8 +151,8 @@ async def unknown_route(request: web.Request) -> web.Response:
         response = json_response({"error": f"no route for {path}; events go to POST /collect, "
                                            "POST /api/event or POST /v1/batch",
                                   "reason": "not_found"}, 404)
-    if not request.content.is_eof():
-        # The body is never read, and a client that waits for 100 Continue sends none.
+    if request.get(CONTINUE_WITHHELD):
+        # No 100 Continue went out, so the client sends no body and the connection is done.
         response.force_close()
     return response
 

@@ -394,3 +394,29 @@ async def test_expect_over_limit_503_closes_connection(make_collector, sites, re
 
     assert status == 503
     assert headers.get("Connection") == "close"
+
+
+async def test_expect_list_415_keeps_next_request(collector, redis_client):
+    # `Expect: 100-continue, x-foo` contains the 100-continue expectation. A client that gets no 100
+    # sends no body, so the 415 must close the connection, or the next request is read as the body.
+    reader, writer = await connect(collector)
+    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\nExpect: 100-continue, x-foo\r\n\r\n" % len(EVENT))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    if head.startswith(b"HTTP/1.1 100 "):
+        writer.write(EVENT)
+        await writer.drain()
+        status, headers, _ = await read_response(reader)
+    else:
+        status_line, *lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines if line)
+        await asyncio.wait_for(reader.readexactly(int(headers["Content-Length"])), 10)
+        status = int(status_line.split(" ")[1])
+
+    if headers.get("Connection") == "close":
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    else:
+        await assert_next_request_accepted(reader, writer)
+        assert len(await stream_events(redis_client)) == 1
+    writer.close()
+    assert status in (415, 417)
