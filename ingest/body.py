@@ -93,8 +93,7 @@ def received_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> by
         if content_length is not None and content_length > limit_bytes:
             # Rejected before any of the body is read, and a client that waited for 100 Continue
             # sends none, so the connection cannot carry another request.
-            raise RequestRejected(413, "body_too_large", f"body is {content_length} bytes; the limit is {limit_bytes}",
-                                  close=True)
+            raise _too_large(f"body is {content_length} bytes; the limit is {limit_bytes}", close=True)
         return None
     try:
         body = content.read_nowait()
@@ -131,7 +130,7 @@ async def read_body(request: web.Request, limit_bytes: int = MAX_BODY_BYTES) -> 
     except ConnectionError:
         # The client is gone and will never read the response. Counting the rejection keeps the
         # loss visible, and one log line replaces aiohttp's traceback of an unhandled error.
-        logger.info("client disconnected mid-body path=%s peer=%s", request.path, request.remote)
+        logger.info("client disconnected before sending the whole body path=%s peer=%s", request.path, request.remote)
         raise RequestRejected(CLIENT_CLOSED_REQUEST, "client_disconnected",
                               "the client closed the connection before sending the whole body", close=True) from None
     return _decoded(request, body, limit_bytes)
@@ -216,8 +215,8 @@ def _decompress(body: bytes, wbits: int, encoding: str, limit_bytes: int) -> byt
     return b"".join(parts)
 
 
-def _too_large(message: str) -> RequestRejected:
-    return RequestRejected(413, "body_too_large", message)
+def _too_large(message: str, close: bool = False) -> RequestRejected:
+    return RequestRejected(413, "body_too_large", message, close=close)
 
 
 def parse_json(body: bytes) -> Any:

@@ -38,7 +38,7 @@ class CollectorSettings(ServiceSettings):
         10.0,
         gt=0,
         description="limit in seconds on receiving a request body once its headers have arrived; a slower "
-                    "body answers 408 and its connection is closed",
+                    "body gets 408 and its connection is closed",
     )
     SEGMENT_WRITE_KEYS: SecretStr = Field(
         SecretStr(""),

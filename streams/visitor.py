@@ -30,10 +30,10 @@ def utc_day(unix_ms: int) -> str:
 
 
 class SaltEvicted(RedisError):
-    """A day's salt key was gone right after SET NX, which only a Redis that evicts keys does.
+    """Error for a day's salt key that is missing right after SET NX, which only a Redis that evicts keys causes.
 
     It is a RedisError so that every caller treats it as Redis being unavailable: the collector
-    answers 503 and the client retries, rather than the request failing with a 500.
+    responds 503 and the client retries, rather than the request failing with a 500.
     """
 
 
@@ -58,7 +58,7 @@ class SaltStore:
         await self._redis.set(key, os.urandom(SALT_BYTES), nx=True, ex=SALT_TTL_S)
         salt = await self._redis.get(key)
         if salt is None:
-            raise SaltEvicted(f"visitor salt {key} vanished right after SET NX; set Redis's "
+            raise SaltEvicted(f"visitor salt {key} missing right after SET NX; set Redis's "
                               "maxmemory-policy to noeviction")
 
         if len(self._cache) > 8:

@@ -35,7 +35,7 @@ MAX_DETAIL_CHARS = 300
 
 
 class MalformedRequestFilter(logging.Filter):
-    """Turns aiohttp's traceback of a request it could not parse into one line, at WARNING at most.
+    """Log filter that turns aiohttp's traceback of an unparsable request into one line, at WARNING at most.
 
     aiohttp responds to such a request (broken chunked framing, a bad header line) with 400 by
     itself and logs the parser's exception with its full traceback at ERROR. On a service that

@@ -8,6 +8,7 @@ import logging
 import time
 
 import orjson
+import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
 from ingest.body import MAX_BODY_BYTES
@@ -19,6 +20,8 @@ from weir.logs import MalformedRequestFilter
 HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\n"
 EVENT = orjson.dumps({"site": "example.com", "path": "/a"})
 UNSUPPORTED_TYPE_HEAD = b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: image/png\r\n"
+EXPECT_OVER_LIMIT = b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1)
+"""The end of a request's headers declaring a body over the limit and waiting for 100 Continue."""
 
 
 async def connect(collector) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -37,6 +40,29 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 
 def server_errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def reuse_after_response(collector, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send the headers `head` without a body and read the response. Unless it closes the
+    connection, send a valid event on the same connection. Return the status, the headers and
+    every byte that followed, which is b"" when the connection closed with nothing more."""
+    reader, writer = await connect(collector)
+    writer.write(head)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    if headers.get("Connection") != "close":
+        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+        await writer.drain()
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return status, headers, rest
+
+
+async def assert_next_request_accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+    await writer.drain()
+    status, _, body = await read_response(reader)
+    assert status == 202, body
 
 
 async def test_stalled_body_408_and_closed(make_collector, sites, redis_client):
@@ -144,7 +170,7 @@ async def test_expect_over_limit_413_without_100(collector):
     before = metric("weir_collect_rejected_events_total", reason="body_too_large")
     reader, writer = await connect(collector)
 
-    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    writer.write(HEAD + EXPECT_OVER_LIMIT)
     await writer.drain()
     status, _, body = await read_response(reader)
     writer.close()
@@ -153,6 +179,33 @@ async def test_expect_over_limit_413_without_100(collector):
     assert orjson.loads(body) == {"error": f"body is {MAX_BODY_BYTES + 1} bytes; the limit is {MAX_BODY_BYTES}",
                                   "reason": "body_too_large"}
     assert metric("weir_collect_rejected_events_total", reason="body_too_large") == before + 1
+
+
+# The 413 is sent before any body, so a client that waited for 100 sends none. Without
+# Connection: close the client may reuse the connection, and its next request is read as the body.
+# The content type is checked before the body's size, so a 415 can come first and must close too.
+@pytest.mark.parametrize(("head", "expected_status"), [(HEAD, 413), (UNSUPPORTED_TYPE_HEAD, 415)])
+async def test_expect_over_limit_closes_connection(collector, redis_client, head, expected_status):
+    status, headers, rest = await reuse_after_response(collector, head + EXPECT_OVER_LIMIT)
+
+    assert status == expected_status
+    assert headers.get("Connection") == "close"
+    assert rest == b""
+    assert await stream_events(redis_client) == []
+
+
+async def test_expect_over_limit_503_closes_connection(make_collector, sites, redis_client):
+    # Backpressure is checked before the body's size too.
+    collector = await make_collector(STREAM_MAX_LENGTH=3)
+    for _ in range(4):
+        await redis_client.xadd(EVENTS_STREAM, {"v": "1", "events": "[]"})
+    assert await collector.app[INTAKE_KEY].backlog.refresh() == 4
+
+    status, headers, rest = await reuse_after_response(collector, HEAD + EXPECT_OVER_LIMIT)
+
+    assert status == 503
+    assert headers.get("Connection") == "close"
+    assert rest == b""
 
 
 async def test_expect_within_limit_100_then_202(collector, redis_client):
@@ -175,6 +228,55 @@ async def test_other_expectation_ignored(http, collector, redis_client):
         assert response.status == 202
 
     assert len(await stream_events(redis_client)) == 1
+
+
+async def test_disconnect_before_100_no_traceback(collector, caplog):
+    # Each client sends headers with Expect: 100-continue and disconnects before the 100 is written.
+    # That is the client's doing, so it must not log a server error.
+    for _ in range(10):
+        _, writer = await connect(collector)
+        writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
+        writer.transport.abort()
+    await asyncio.sleep(0.3)
+
+    assert server_errors(caplog) == []
+
+
+# The list form contains the 100-continue expectation too, so that client also waits for the 100.
+@pytest.mark.parametrize("expect", [b"100-continue", b"100-continue, x-foo"])
+async def test_415_after_100_keeps_connection(collector, redis_client, expect):
+    reader, writer = await connect(collector)
+    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\nExpect: %b\r\n\r\n" % (len(EVENT), expect))
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    # The 100 went out, so this client sends its body.
+    writer.write(EVENT)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status == 415
+    assert headers.get("Connection") != "close"
+    await assert_next_request_accepted(reader, writer)
+    assert len(await stream_events(redis_client)) == 1
+    writer.close()
+
+
+async def test_415_late_body_keeps_connection(collector, redis_client):
+    # A client may write the headers and the body separately, so the handler can run before a
+    # small body arrives.
+    reader, writer = await connect(collector)
+    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(EVENT)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+
+    assert status == 415
+    assert headers.get("Connection") != "close"
+    await assert_next_request_accepted(reader, writer)
+    writer.close()
 
 
 async def test_unknown_path_404_json(http, collector):
@@ -216,50 +318,13 @@ async def test_unknown_path_long_path_cut(http, collector):
 
 
 async def test_unknown_path_expect_over_limit_closes(collector):
-    reader, writer = await connect(collector)
+    head = b"POST /colect HTTP/1.1\r\nHost: x\r\n" + EXPECT_OVER_LIMIT
 
-    writer.write(b"POST /colect HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
-                 % (MAX_BODY_BYTES + 1))
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-    rest = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    status, headers, rest = await reuse_after_response(collector, head)
 
     assert status == 404
     assert headers["Connection"] == "close"
     assert rest == b""
-
-
-async def test_expect_413_closes_connection(collector, redis_client):
-    # The 413 is sent before any body, so a client that waited for 100 sends none. Without
-    # Connection: close the client may reuse the connection, and its next request is read as the body.
-    reader, writer = await connect(collector)
-
-    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-    if headers.get("Connection") != "close":
-        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
-        await writer.drain()
-    rest = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-
-    assert status == 413
-    assert headers.get("Connection") == "close"
-    assert rest == b""
-    assert await stream_events(redis_client) == []
-
-
-async def test_disconnect_before_100_no_traceback(collector, caplog):
-    # Each client sends headers with Expect: 100-continue and disconnects before the 100 is written.
-    # That is the client's doing, so it must not log a server error.
-    for _ in range(10):
-        _, writer = await connect(collector)
-        writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
-        writer.transport.abort()
-    await asyncio.sleep(0.3)
-
-    assert server_errors(caplog) == []
 
 
 async def test_unknown_path_expect_gets_no_100(collector):
@@ -272,56 +337,6 @@ async def test_unknown_path_expect_gets_no_100(collector):
 
     assert status == 404
     assert headers["Connection"] == "close"
-
-
-def test_log_filter_cuts_long_detail():
-    record = log_record(logging.ERROR, BadHttpMessage("Invalid method " + "x" * 1000))
-
-    MalformedRequestFilter().filter(record)
-
-    assert record.getMessage() == ("Error handling request from 10.0.0.1: malformed request error=Invalid method "
-                                   + "x" * 285 + "...")
-
-
-async def assert_next_request_accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
-    await writer.drain()
-    status, _, body = await read_response(reader)
-    assert status == 202, body
-
-
-async def test_415_after_100_keeps_connection(collector, redis_client):
-    reader, writer = await connect(collector)
-    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(EVENT))
-    await writer.drain()
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    # The 100 went out, so this client sends its body.
-    writer.write(EVENT)
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-
-    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-    assert status == 415
-    assert headers.get("Connection") != "close"
-    await assert_next_request_accepted(reader, writer)
-    writer.close()
-
-
-async def test_415_late_body_keeps_connection(collector, redis_client):
-    # A client may write the headers and the body separately, so the handler can run before a
-    # small body arrives.
-    reader, writer = await connect(collector)
-    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT))
-    await writer.drain()
-    await asyncio.sleep(0.05)
-    writer.write(EVENT)
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-
-    assert status == 415
-    assert headers.get("Connection") != "close"
-    await assert_next_request_accepted(reader, writer)
-    writer.close()
 
 
 def log_record(level: int, error: Exception | None) -> logging.LogRecord:
@@ -358,65 +373,10 @@ def test_log_filter_leaves_other_errors():
     assert record.getMessage() == "Error handling request from 10.0.0.1"
 
 
-async def test_expect_over_limit_415_closes_connection(collector, redis_client):
-    # No 100 goes out for a body over the limit, so the client sends none. The content type is checked
-    # first, and without Connection: close the client's next request is read and dropped as the body.
-    reader, writer = await connect(collector)
+def test_log_filter_cuts_long_detail():
+    record = log_record(logging.ERROR, BadHttpMessage("Invalid method " + "x" * 1000))
 
-    writer.write(b"POST /collect HTTP/1.1\r\nHost: example.com\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-    if headers.get("Connection") != "close":
-        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
-        await writer.drain()
-    rest = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    MalformedRequestFilter().filter(record)
 
-    assert status == 415
-    assert headers.get("Connection") == "close"
-    assert rest == b""
-    assert await stream_events(redis_client) == []
-
-
-async def test_expect_over_limit_503_closes_connection(make_collector, sites, redis_client):
-    # Backpressure is checked before the body's size too.
-    collector = await make_collector(STREAM_MAX_LENGTH=3)
-    for _ in range(4):
-        await redis_client.xadd(EVENTS_STREAM, {"v": "1", "events": "[]"})
-    assert await collector.app[INTAKE_KEY].backlog.refresh() == 4
-    reader, writer = await connect(collector)
-
-    writer.write(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (MAX_BODY_BYTES + 1))
-    await writer.drain()
-    status, headers, _ = await read_response(reader)
-    writer.close()
-
-    assert status == 503
-    assert headers.get("Connection") == "close"
-
-
-async def test_expect_list_415_keeps_next_request(collector, redis_client):
-    # `Expect: 100-continue, x-foo` contains the 100-continue expectation. A client that gets no 100
-    # sends no body, so the 415 must close the connection, or the next request is read as the body.
-    reader, writer = await connect(collector)
-    writer.write(UNSUPPORTED_TYPE_HEAD + b"Content-Length: %d\r\nExpect: 100-continue, x-foo\r\n\r\n" % len(EVENT))
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    if head.startswith(b"HTTP/1.1 100 "):
-        writer.write(EVENT)
-        await writer.drain()
-        status, headers, _ = await read_response(reader)
-    else:
-        status_line, *lines = head.decode().split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines if line)
-        await asyncio.wait_for(reader.readexactly(int(headers["Content-Length"])), 10)
-        status = int(status_line.split(" ")[1])
-
-    if headers.get("Connection") == "close":
-        assert await asyncio.wait_for(reader.read(), 10) == b""
-    else:
-        await assert_next_request_accepted(reader, writer)
-        assert len(await stream_events(redis_client)) == 1
-    writer.close()
-    assert status in (415, 417)
+    assert record.getMessage() == ("Error handling request from 10.0.0.1: malformed request error=Invalid method "
+                                   + "x" * 285 + "...")

@@ -217,7 +217,7 @@ async def test_redis_py_writer_failure_fails_its_requests(http, make_collector, 
     assert len(await stream_events(redis_client)) == 1
 
 
-async def test_evicted_salt_returns_503_and_recovers(http, collector, redis_client, monkeypatch):
+async def test_evicted_salt_503_then_recovers(http, collector, redis_client, monkeypatch):
     # A Redis with an evicting maxmemory-policy can drop the day's salt between SET NX and GET.
     # The eviction is played by a real DEL of the salt key just before the collector's GET.
     redis = collector.app[REDIS_KEY]
