@@ -47,6 +47,7 @@ from weir.health import HealthChecks, add_health_routes
 from weir.logs import quiet_malformed_requests
 from weir.redis import connect_redis
 from weir.settings import ConfigError
+from weir.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def create_collector_app(settings: CollectorSettings, *, stream: str | None = No
         try:
             yield
         finally:
-            monitor.cancel()
-            await asyncio.gather(monitor, return_exceptions=True)
+            await cancel_and_wait(monitor)
             await writer.close()
             await redis.aclose()
 

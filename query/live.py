@@ -45,6 +45,7 @@ from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from weir.health import HealthChecks, add_health_routes
 from weir.redis import REDIS_ERRORS, RedisClient, connect_redis, pubsub_redis
+from weir.tasks import cancel_all_and_wait, cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +230,7 @@ class SiteFeed:
         """Stop reading; `unsubscribe` is False when the pub/sub connection closes next anyway."""
         self.cancel_idle_close()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         if self._subscribed and unsubscribe:
             try:
                 await self._hub.pubsub.unsubscribe(self.channel)
@@ -475,9 +475,7 @@ class LiveHub:
         self._closing = True
         if self._lag_read is not None:
             self._tasks.append(self._lag_read)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all_and_wait(self._tasks)
         await asyncio.gather(*(feed.stop(unsubscribe=False) for feed in self.feeds.values()), return_exceptions=True)
         self.feeds.clear()
         LIVE_SITES.set(0)
@@ -680,8 +678,7 @@ async def stream_websocket(request: web.Request) -> web.StreamResponse:
             async for _message in ws:
                 pass  # Reading is what processes the client's close and pong frames.
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await cancel_and_wait(sender)
     finally:
         request.app[HUB_KEY].leave(subscriber)
     return ws

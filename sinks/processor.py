@@ -51,6 +51,7 @@ from streams.sites import SiteDirectory
 from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
 from weir.redis import RedisClient, connect_redis
+from weir.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +269,7 @@ class Processor:
         try:
             await asyncio.gather(*(runner.run(stopping) for runner in runners))
         finally:
-            maintenance.cancel()
-            await asyncio.gather(maintenance, return_exceptions=True)
+            await cancel_and_wait(maintenance)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
         next_retention = next_trim = next_months = 0.0

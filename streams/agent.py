@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from streams import metrics
 from streams.consumer import Entry, StreamConsumer
 from streams.event import MalformedEntry
+from weir.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +207,8 @@ class AgentRunner:
         try:
             yield
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            # A renewal that ran on past its cancellation would keep the entries claimed forever.
+            await cancel_and_wait(renewal)
 
     async def _renew_claim(self, entry_ids: list[str]) -> None:
         interval_s = self.options.reclaim_idle_ms / 3000

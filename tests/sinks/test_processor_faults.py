@@ -24,6 +24,17 @@ def start_processor(env: dict, log_path) -> subprocess.Popen:
     return subprocess.Popen(weir_command("processor"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def stop_processor(process: subprocess.Popen, log_path) -> int:
+    """SIGTERM `process` and return its exit code; kill it and fail with its log when it does not stop."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+        raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+
+
 async def import_into_stream(redis: Redis) -> None:
     await SiteDirectory(redis).publish([SITE])
     importer = LogImporter(redis, SITE, shift=shift_for(newest_time([LOG], "combined")), progress=None)
@@ -72,8 +83,7 @@ async def test_sigkill_mid_import_loses_and_doubles_nothing(database_url, redis_
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0, (tmp_path / "processor.log").read_text()[-3000:]
+        assert stop_processor(second, tmp_path / "processor.log") == 0, (tmp_path / "processor.log").read_text()[-3000:]
 
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
     log = (tmp_path / "processor.log").read_text()
@@ -90,9 +100,7 @@ async def test_two_replicas_share_one_group(database_url, redis_url, redis, db, 
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(30) for process in processes]
+        codes = [stop_processor(process, tmp_path / f"processor-{i}.log") for i, process in enumerate(processes)]
 
     assert codes == [0] * replicas
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}

@@ -1,0 +1,118 @@
+"""Background tasks stop even when a cancellation is lost, as Python 3.11's wait_for can lose one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from redis.asyncio import Redis
+
+from streams.agent import AgentOptions, AgentRunner, AgentSpec
+from streams.consumer import Entry, StreamConsumer
+from tests.streams.test_agent import DEAD, GROUP, STREAM, add_entries, pending
+from weir.tasks import cancel_all_and_wait, cancel_and_wait
+
+
+async def test_lost_cancellation_is_repeated():
+    lost = 0
+
+    async def keeps_going() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1  # as asyncio.wait_for on Python 3.11 can
+
+    task = asyncio.create_task(keeps_going())
+    await asyncio.sleep(0)
+
+    async with asyncio.timeout(5):
+        await cancel_and_wait(task, recancel_after_s=0.05)
+
+    assert task.cancelled()
+    assert lost == 1
+
+
+async def test_ended_task_exception_is_retrieved():
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    failed = asyncio.create_task(fails())
+    await asyncio.wait([failed])
+    sleeping = asyncio.create_task(asyncio.sleep(10))
+
+    await cancel_all_and_wait([failed, sleeping])
+
+    assert isinstance(failed.exception(), ValueError)
+    assert sleeping.cancelled()
+
+
+async def test_redis_ping_loop_always_stops(redis_url):
+    # With socket_timeout set, redis-py 5.2 sends each command through asyncio.wait_for, so a
+    # cancellation that lands as a send completes is lost on Python 3.11 and the loop runs on.
+    client = Redis.from_url(redis_url, socket_timeout=30)
+    rng = random.Random(7)
+    commands = 0
+
+    async def ping_forever() -> None:
+        nonlocal commands
+        while True:
+            await client.ping()
+            commands += 1
+
+    try:
+        for _ in range(100):
+            task = asyncio.create_task(ping_forever())
+            await asyncio.sleep(rng.random() * 0.003)
+            async with asyncio.timeout(5):
+                await cancel_and_wait(task)
+            assert task.done()
+    finally:
+        await client.aclose()
+    assert commands > 100
+
+
+class LosesOneCancellation(StreamConsumer):
+    """A consumer whose claim renewal loses the first cancellation that reaches it."""
+
+    lost = 0
+
+    async def touch(self, entry_ids: list[str]) -> None:
+        await super().touch(entry_ids)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost += 1
+
+
+async def test_renewal_losing_cancellation_still_acks(redis: Redis):
+    ids = await add_entries(redis, 2)
+    consumer = LosesOneCancellation(redis, STREAM, GROUP, "c1", DEAD)
+    await consumer.ensure_group()
+    seen: list[str] = []
+
+    async def handler(entries: list[Entry]) -> None:
+        await asyncio.sleep(0.1)  # long enough for the renewal to touch the entries once
+        seen.extend(e.entry_id for e in entries)
+
+    options = AgentOptions(batch_size=2, block_ms=20, reclaim_idle_ms=30)
+    runner = AgentRunner(AgentSpec("t", handler), consumer, options)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(runner.run(stopping))
+    try:
+        async with asyncio.timeout(10):
+            while len(seen) < 2 or await pending(redis) != 0:
+                await asyncio.sleep(0.02)
+    finally:
+        stopping.set()
+        async with asyncio.timeout(10):
+            await task
+
+    assert seen == ids
+    assert consumer.lost == 1
+    assert await pending(redis) == 0

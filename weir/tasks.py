@@ -1,0 +1,37 @@
+"""Stop background tasks for certain, although Python 3.11 can lose a cancellation.
+
+On Python 3.11 (asyncio/tasks.py of 3.11.7), `asyncio.wait_for` returns the inner result
+instead of raising CancelledError when the cancellation arrives after its inner awaitable
+finished but before wait_for resumed. redis-py 5.2 sends every command through `wait_for` when
+`socket_timeout` is set, so a task cancelled while it sends a Redis command can go on as if
+nothing happened. A caller that cancels such a task once and awaits it then waits forever: a
+processor's claim renewal did, which kept its batch's entries from being reclaimed and the
+process from stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+RECANCEL_AFTER_S = 0.1
+"""Seconds to wait for a cancelled task to end before cancelling it again."""
+
+
+async def cancel_and_wait(task: asyncio.Task, recancel_after_s: float = RECANCEL_AFTER_S) -> None:
+    """Cancel `task` and return once it has ended, cancelling it again for as long as it runs on.
+
+    The task's own exception, if it ended with one, is retrieved and dropped: the caller has
+    given up on its result. A task whose cleanup after a cancellation takes longer than
+    `recancel_after_s` is interrupted in that cleanup by the next cancellation.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=recancel_after_s)
+    if not task.cancelled():
+        task.exception()
+
+
+async def cancel_all_and_wait(tasks: Iterable[asyncio.Task], recancel_after_s: float = RECANCEL_AFTER_S) -> None:
+    """Cancel every task of `tasks` at once and return once all have ended (see `cancel_and_wait`)."""
+    await asyncio.gather(*(cancel_and_wait(task, recancel_after_s) for task in tasks))
