@@ -156,6 +156,10 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
     item.update(translate(message, context))
     if not user_id and not anonymous_id:
         _reject_without_ids(message, kind)
+    message_id = message.get("messageId")
+    if item["id"] is None and message_id is not None and message_id != "":
+        # Dropping it would store a retried message twice, since messageId is what deduplicates it.
+        raise InvalidEvent("invalid_field", f"messageId must be a string or a number, got {type(message_id).__name__}")
     return item
 
 

@@ -239,6 +239,23 @@ async def test_id_of_wrong_type_rejected(http, collector, redis_client):
     assert [e.user_id for e in await stream_events(redis_client)] == ["7"]
 
 
+async def test_message_id_of_wrong_type_rejected(http, collector, redis_client):
+    batch = [{"type": "track", "event": "e", "userId": "u", "messageId": {"id": "m1"}},
+             {"type": "track", "event": "e", "userId": "u", "messageId": False},
+             {"type": "track", "event": "ok", "userId": "u", "messageId": 12}]
+
+    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
+                         headers={"Authorization": basic(WRITE_KEY)}) as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["rejected"] == [
+        {"index": 0, "reason": "invalid_field", "error": "messageId must be a string or a number, got dict"},
+        {"index": 1, "reason": "invalid_field", "error": "messageId must be a string or a number, got bool"},
+    ]
+    assert [e.action for e in await stream_events(redis_client)] == ["ok"]
+
+
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
     skewed = {"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": "m",
                          "timestamp": "2030-01-01T00:00:00.000Z"}],
