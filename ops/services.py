@@ -1,7 +1,9 @@
 """Run Weir's services in this process until SIGTERM or SIGINT, then stop them cleanly.
 
 Stopping order: the processors' agents finish the batch in hand, commit and acknowledge; then
-the HTTP services stop accepting and finish the requests in flight.
+the HTTP services stop accepting and finish the requests in flight. A batch still running after
+the processor's STOP_TIMEOUT_S is cancelled: its transaction rolls back and its entries stay
+pending, so another consumer or the next start processes them, and nothing is lost.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from sinks.processor import Processor, create_processor_health_app
+from weir.tasks import cancel_all_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +70,28 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
         await _wait_for_stop(stopping, processor_tasks)
     finally:
         stopping.set()
-        results = await asyncio.gather(*processor_tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                logger.error("processor ended with an error error=%r", result)
+        await _stop_processors(processor_tasks, [processor for processor, _port, _host in services.processors])
         for runner in reversed(runners):
             await runner.cleanup()
         for processor, _port, _host in services.processors:
             await processor.close()
         logger.info("services stopped")
+
+
+async def _stop_processors(tasks: list[asyncio.Task], processors: list[Processor]) -> None:
+    """Wait for the processors' batches in hand, cancelling those still running after the stop timeout."""
+    if not tasks:
+        return
+    timeout_s = max(processor.settings.STOP_TIMEOUT_S for processor in processors)
+    done, running = await asyncio.wait(tasks, timeout=timeout_s)
+    if running:
+        logger.error("batches still running %.0f s after the stop request are cancelled; their entries stay "
+                     "pending and are processed after a restart or by another replica consumers=%s", timeout_s,
+                     ",".join(name for processor in processors for name in processor.consumer_names))
+        await cancel_all_and_wait(running)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("processor ended with an error error=%r", task.exception())
 
 
 async def _wait_for_stop(stopping: asyncio.Event, processor_tasks: list[asyncio.Task]) -> None:

@@ -19,6 +19,8 @@ class ProcessorSettings(ServiceSettings):
     BATCH_SIZE: int = Field(100, ge=1, le=10_000, description="stream entries read per batch")
     METRICS_PORT: int = Field(4010, description="side port of the processor's /health and /metrics; 0 turns it off")
     RECLAIM_IDLE_MS: int = Field(60_000, ge=100, description="idle time after which another consumer's pending entries are taken over")
+    STOP_TIMEOUT_S: float = Field(20.0, gt=0, description="seconds a stop request waits for the batches in hand; "
+                                                          "later ones are cancelled and stay pending")
     MAX_DELIVERIES: int = Field(5, ge=1, description="deliveries of a failing entry before it goes to the dead-letter stream")
     RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept; older partitions or chunks are dropped")
     TIMESCALEDB: Literal["auto", "on", "off"] = Field("auto", description="use TimescaleDB hypertables: auto (when available), on, off")

@@ -1,4 +1,4 @@
-"""A processor killed with SIGKILL mid-import and started again loses nothing and counts nothing twice."""
+"""A processor killed with SIGKILL mid-import, or stopped with a batch blocked, loses nothing and counts nothing twice."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import signal
 import subprocess
 import time
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from ops.importer import LogImporter, newest_time, shift_for
+from sinks.sessions import SITE_LOCK_CLASS
 from streams.sites import Site, SiteDirectory
 from tests.conftest import DATA, REPO, service_env, wait_until_processed, weir_command
 
@@ -106,3 +108,48 @@ async def test_two_replicas_share_one_group(database_url, redis_url, redis, db, 
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
     groups = await redis.xinfo_consumers("weir:events", "weir:processors")
     assert len(groups) == 2 * replicas
+
+
+async def test_stop_timeout_cancels_blocked_batch(database_url, redis_url, redis, db, tmp_path):
+    # The test holds the site's lock exclusively, as a rebuild does, so the first batch waits until the stop timeout.
+    env = service_env(database_url, redis_url, CONCURRENCY="1", BATCH_SIZE="1", RECLAIM_IDLE_MS="500",
+                      STOP_TIMEOUT_S="1", METRICS_PORT="0")
+    log_path = tmp_path / "processor.log"
+    await import_into_stream(redis)
+    blocker = await asyncpg.connect(database_url)
+    rebuild = blocker.transaction()
+    await rebuild.start()
+    await blocker.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE.domain)
+
+    try:
+        first = start_processor(env, log_path)
+        await wait_for_blocked_batch(db)
+        assert stop_processor(first, log_path) == 0
+        stored_while_blocked = await db.fetchval("SELECT count(*) FROM raw_events")
+        pending_after_stop = (await redis.xpending("weir:events", "weir:processors"))["pending"]
+    finally:
+        await rebuild.rollback()
+        await blocker.close()
+
+    assert stored_while_blocked == 0
+    assert pending_after_stop == 1
+    assert "batches still running 1 s after the stop request are cancelled" in log_path.read_text()
+
+    second = start_processor(env, log_path)
+    try:
+        await wait_until_processed(redis, timeout_s=90)
+    finally:
+        assert stop_processor(second, log_path) == 0
+    assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
+
+
+async def wait_for_blocked_batch(db, timeout_s: float = 30) -> None:
+    """Wait until a processor's statement waits for an advisory lock."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no processor statement waited for an advisory lock within {timeout_s}s")
