@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from ops.importer import LogImporter, newest_time, shift_for
 from sinks.sessions import SITE_LOCK_CLASS
 from streams.sites import Site, SiteDirectory
-from tests.conftest import DATA, REPO, service_env, wait_until_processed, weir_command
+from tests.conftest import DATA, REPO, free_port, service_env, wait_until_processed, weir_command
 
 LOG = DATA / "access-logs" / "apache_combined.log"
 SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
@@ -153,3 +153,34 @@ async def wait_for_blocked_batch(db, timeout_s: float = 30) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no processor statement waited for an advisory lock within {timeout_s}s")
+
+
+async def wait_for_log_line(log_path, text: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Wait until `text` is in the log at `log_path`; fail when `process` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log_path.exists() and text in log_path.read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"processor exited with {process.returncode}:\n" + log_path.read_text()[-3000:])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear in the log within {timeout_s}s")
+
+
+async def test_sigterm_during_start_retry(redis_url, tmp_path):
+    # Nothing listens on this port, so start() retries for START_TIMEOUT_S (60 s) as with PostgreSQL down.
+    # The SIGTERM handler only sets the stop event, so start() must read it between attempts.
+    database_url = f"postgresql://postgres@127.0.0.1:{free_port()}/weir"
+    env = service_env(database_url, redis_url, METRICS_PORT="0")
+    log_path = tmp_path / "processor.log"
+    process = start_processor(env, log_path)
+    try:
+        await wait_for_log_line(log_path, "processor start failed attempt=1", process)
+        code = stop_processor(process, log_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    assert code == 0, log_path.read_text()[-3000:]
+    assert "Traceback" not in log_path.read_text()
