@@ -54,7 +54,8 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
     processor_tasks: list[asyncio.Task] = []
     try:
         for processor, health_port, host in services.processors:
-            await processor.start()
+            if not await processor.start(stopping):
+                return  # A stop request came while Redis or PostgreSQL was unreachable.
             if health_port:
                 services.add_app("processor", create_processor_health_app(processor), host, health_port)
             processor_tasks.append(asyncio.create_task(processor.run(stopping)))

@@ -119,25 +119,35 @@ class Processor:
         prefix = settings.CONSUMER_NAME or f"{socket.gethostname()}-{os.getpid()}"
         self.consumer_names = [f"{prefix}-{i}" for i in range(settings.CONCURRENCY)]
 
-    async def start(self) -> None:
-        """Open connections, run the schema guard, publish the sites and create the group.
+    async def start(self, stopping: asyncio.Event | None = None) -> bool:
+        """Open connections, run the schema guard, publish the sites and create the group; return True.
 
         Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, which
         happens when every service of a deployment starts at once. Then it raises the last error.
+        Returns False, with nothing open, when `stopping` is set while it waits to retry.
         """
         deadline = time.monotonic() + START_TIMEOUT_S
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._start_once()
+                await self._start_once()
+                return True
             except Exception as error:
                 await self.close()
                 if not is_transient(error) or time.monotonic() > deadline:
                     raise
                 logger.warning("processor start failed attempt=%d error=%r; retrying in %.0fs", attempt, error,
                                START_RETRY_S)
+            if stopping is None:
                 await asyncio.sleep(START_RETRY_S)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), START_RETRY_S)
+            except TimeoutError:
+                continue
+            logger.info("processor start cancelled by a stop request attempt=%d", attempt)
+            return False
 
     async def _start_once(self) -> None:
         self.redis = connect_redis(self.settings.REDIS_URL, cluster=self.settings.REDIS_CLUSTER, socket_timeout=30,
