@@ -6,6 +6,7 @@ Each test starts its own server on a free port and restarts only that one.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ops.embedded import ensure_servers, stop_embedded
+from ops.embedded import _postgres_pids_in, ensure_servers, stop_embedded
 from ops.importer import LogImporter, newest_time, shift_for
 from streams.sites import Site, SiteDirectory
 from tests.conftest import DATA, REPO, free_port, service_env, wait_until_processed, weir_command
@@ -184,3 +185,31 @@ async def _wait_for_some_rows(database_url: str) -> None:
             pass
         await asyncio.sleep(0.05)
     raise AssertionError("no rows arrived before the restart")
+
+
+async def test_sigterm_while_postgres_hangs(redis_url, tmp_path):
+    # SIGSTOP makes PostgreSQL hang as an unreachable host does: connections stay open and get no reply.
+    data_dir = tmp_path / "pg"
+    servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=free_port())
+    log_path = tmp_path / "processor.log"
+    processor = start_processor(service_env(servers.database_url, redis_url, METRICS_PORT="0"), log_path)
+    frozen: list[int] = []
+    try:
+        await _wait_for_group(redis_url)
+        frozen = _postgres_pids_in(data_dir / "postgres")
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        processor.send_signal(signal.SIGTERM)
+        try:
+            code = processor.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        if processor.poll() is None:
+            processor.kill()
+            processor.wait(10)
+        await asyncio.to_thread(stop_embedded, data_dir)
+
+    assert code == 0, log_path.read_text()[-3000:]
