@@ -38,6 +38,7 @@ from sinks.sites import get_site, load_sites
 from streams.live import LiveReader, now_ms
 from streams.partitions import StreamPartitions
 from weir.health import HealthChecks, add_health_routes
+from weir.pool import close_pool
 from weir.redis import connect_redis
 
 logger = logging.getLogger(__name__)
@@ -304,7 +305,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         app[REDIS_KEY] = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,
                                        socket_connect_timeout=2)
         yield
-        await app[POOL_KEY].close()
+        await close_pool(app[POOL_KEY])
         await app[REDIS_KEY].aclose()
 
     async def database_ok() -> str:

@@ -50,6 +50,7 @@ from streams.partitions import StreamPartitions, assign_streams
 from streams.sites import SiteDirectory
 from streams.trim import trim_stream
 from weir.health import HealthChecks, add_health_routes
+from weir.pool import close_pool
 from weir.redis import RedisClient, connect_redis
 from weir.tasks import cancel_and_wait
 
@@ -176,7 +177,7 @@ class Processor:
 
     async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
             self.pool = None
         if self.redis is not None:
             await self.redis.aclose()
