@@ -52,7 +52,7 @@ async def run_processor(args: argparse.Namespace) -> int:
                              METRICS_PORT=args.metrics_port)
     configure_logging(settings.LOG_LEVEL)
     services = ServiceSet()
-    services.add_processor(Processor(settings), settings.METRICS_PORT)
+    services.add_processor(Processor(settings), settings.METRICS_PORT, settings.HOST)
     tune_garbage_collection()
     await run_services(services)
     return 0

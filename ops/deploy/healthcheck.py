@@ -97,9 +97,6 @@ def health_urls(args: list[str], env: Mapping[str, str]) -> list[str]:
 
     option, variable, default = SERVICE_PORTS[command]
     port = int(option_value(args, option) or env.get(variable) or default)
-    if command == "processor":
-        # The processor's side port always listens on every interface.
-        host = "127.0.0.1"
     # A processor started with METRICS_PORT=0 has no health port to request.
     return [f"http://{host}:{port}/health"] if port else []
 

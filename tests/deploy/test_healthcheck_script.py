@@ -29,6 +29,7 @@ _spec.loader.exec_module(healthcheck)
         (["weir", "realtime"], {}, ["http://127.0.0.1:4003/health"]),
         (["weir", "processor"], {"PORT": "9999"}, ["http://127.0.0.1:4010/health"]),
         (["weir", "processor"], {"METRICS_PORT": "4711"}, ["http://127.0.0.1:4711/health"]),
+        (["weir", "processor"], {"HOST": "10.1.2.4"}, ["http://10.1.2.4:4010/health"]),
         (["weir", "processor", "--metrics-port", "0"], {}, []),
         (["python", "-m", "ops.cli", "api", "--port", "7002"], {}, ["http://127.0.0.1:7002/health"]),
         (["weir", "up", "--api-port", "7002"], {},
@@ -38,8 +39,8 @@ _spec.loader.exec_module(healthcheck)
         (["weir"], {}, []),
     ],
     ids=["collector-default", "option-beats-env", "option-equals", "env-port", "host-option", "api-any-address",
-         "realtime", "processor-ignores-port", "processor-metrics-port", "processor-port-off", "python-m",
-         "up", "schema", "import-logs", "no-command"],
+         "realtime", "processor-ignores-port", "processor-metrics-port", "processor-host", "processor-port-off",
+         "python-m", "up", "schema", "import-logs", "no-command"],
 )
 def test_health_urls_follow_service_settings(argv, env, urls):
     args = healthcheck.weir_arguments(argv)
