@@ -31,12 +31,14 @@ class CollectorSettings(ServiceSettings):
     REDIS_TIMEOUT_S: float = Field(
         2.0,
         gt=0,
+        allow_inf_nan=False,
         description="limit in seconds on connecting to Redis and on each command; a request whose write "
                     "waits longer answers 503",
     )
     BODY_TIMEOUT_S: float = Field(
         10.0,
         gt=0,
+        allow_inf_nan=False,
         description="limit in seconds on receiving a request body once its headers have arrived; a slower "
                     "body gets 408 and its connection is closed",
     )

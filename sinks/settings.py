@@ -20,7 +20,7 @@ class ProcessorSettings(ServiceSettings):
     METRICS_PORT: int = Field(4010, description="side port of the processor's /health and /metrics; 0 turns it off")
     HOST: str = Field("0.0.0.0", description="address the side port listens on")
     RECLAIM_IDLE_MS: int = Field(60_000, ge=100, description="idle time after which another consumer's pending entries are taken over")
-    STOP_TIMEOUT_S: float = Field(20.0, gt=0, description="seconds a stop request waits for the batches in hand; "
+    STOP_TIMEOUT_S: float = Field(20.0, gt=0, allow_inf_nan=False, description="seconds a stop request waits for the batches in hand; "
                                                           "later ones are cancelled and stay pending")
     MAX_DELIVERIES: int = Field(5, ge=1, description="deliveries of a failing entry before it goes to the dead-letter stream")
     RETENTION_DAYS: int = Field(90, ge=1, description="days of raw_events kept; older partitions or chunks are dropped")

@@ -80,6 +80,21 @@ def test_invalid_node_env_names_value():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [(["collector"], "BODY_TIMEOUT_S"), (["collector"], "REDIS_TIMEOUT_S"), (["processor"], "STOP_TIMEOUT_S")],
+)
+def test_infinite_timeout_is_one_line_exit_2(args, variable):
+    env = bare_env(NODE_ENV="development", REDIS_URL="redis://127.0.0.1:6379/9", DATABASE_URL="postgresql://x/y",
+                   **{variable: "inf"})
+
+    result = run(args, env)
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"invalid {variable}='inf'" in result.stderr
+
+
 def test_site_add_rejects_unknown_timezone(database_url, redis_url):
     result = run(["site", "add", "example.com", "--timezone", "Mars/Olympus"],
                  bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url))
