@@ -223,37 +223,23 @@ async def test_message_without_ids_rejected(http, collector, redis_client):
     assert [e.action for e in await stream_events(redis_client)] == ["ok"]
 
 
-async def test_id_of_wrong_type_rejected(http, collector, redis_client):
-    batch = [{"type": "track", "event": "e", "userId": True}, {"type": "identify", "anonymousId": {"a": 1}},
-             {"type": "track", "event": "ok", "userId": 7}]
-
+@pytest.mark.parametrize(("batch", "errors", "stored_user"), [
+    ([{"type": "track", "event": "e", "userId": True}, {"type": "identify", "anonymousId": {"a": 1}},
+      {"type": "track", "event": "ok", "userId": 7}],
+     ["userId must be a string or a number, got bool", "anonymousId must be a string or a number, got dict"], "7"),
+    ([{"type": "track", "event": "e", "userId": "u", "messageId": {"id": "m1"}},
+      {"type": "track", "event": "e", "userId": "u", "messageId": False},
+      {"type": "track", "event": "ok", "userId": "u", "messageId": 12}],
+     ["messageId must be a string or a number, got dict", "messageId must be a string or a number, got bool"], "u"),
+], ids=["user-ids", "message-id"])
+async def test_id_of_wrong_type_rejected(http, collector, redis_client, batch, errors, stored_user):
     async with http.post(collector.route("/v1/batch"), json={"batch": batch},
                          headers={"Authorization": basic(WRITE_KEY)}) as response:
         body = await response.json()
 
     assert response.status == 200
-    assert body["rejected"] == [
-        {"index": 0, "reason": "invalid_field", "error": "userId must be a string or a number, got bool"},
-        {"index": 1, "reason": "invalid_field", "error": "anonymousId must be a string or a number, got dict"},
-    ]
-    assert [e.user_id for e in await stream_events(redis_client)] == ["7"]
-
-
-async def test_message_id_of_wrong_type_rejected(http, collector, redis_client):
-    batch = [{"type": "track", "event": "e", "userId": "u", "messageId": {"id": "m1"}},
-             {"type": "track", "event": "e", "userId": "u", "messageId": False},
-             {"type": "track", "event": "ok", "userId": "u", "messageId": 12}]
-
-    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
-                         headers={"Authorization": basic(WRITE_KEY)}) as response:
-        body = await response.json()
-
-    assert response.status == 200
-    assert body["rejected"] == [
-        {"index": 0, "reason": "invalid_field", "error": "messageId must be a string or a number, got dict"},
-        {"index": 1, "reason": "invalid_field", "error": "messageId must be a string or a number, got bool"},
-    ]
-    assert [e.action for e in await stream_events(redis_client)] == ["ok"]
+    assert body["rejected"] == [{"index": i, "reason": "invalid_field", "error": e} for i, e in enumerate(errors)]
+    assert [(e.action, e.user_id) for e in await stream_events(redis_client)] == [("ok", stored_user)]
 
 
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
