@@ -213,3 +213,47 @@ async def test_sigterm_while_postgres_hangs(redis_url, tmp_path):
         await asyncio.to_thread(stop_embedded, data_dir)
 
     assert code == 0, log_path.read_text()[-3000:]
+
+
+def _connected_to(port: int) -> bool:
+    """Return whether a TCP connection to `port` is established, per this machine's /proc/net/tcp."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
+
+
+async def test_sigterm_while_postgres_hangs_at_start(redis_url, tmp_path):
+    # The processor's first connection waits up to asyncpg's 60 s connect timeout for a reply.
+    # When start() read the stop event only between attempts, SIGTERM went unread for about 58 s.
+    data_dir = tmp_path / "pg"
+    pg_port = free_port()
+    servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=pg_port)
+    frozen = _postgres_pids_in(data_dir / "postgres")
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    log_path = tmp_path / "processor.log"
+    processor = start_processor(service_env(servers.database_url, redis_url, METRICS_PORT="0"), log_path)
+    try:
+        for _ in range(600):
+            if _connected_to(pg_port) or processor.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the processor did not connect to PostgreSQL:\n" + log_path.read_text()[-3000:])
+        processor.send_signal(signal.SIGTERM)
+        try:
+            code = processor.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        if processor.poll() is None:
+            processor.kill()
+            processor.wait(10)
+        await asyncio.to_thread(stop_embedded, data_dir)
+
+    assert code == 0, log_path.read_text()[-3000:]
+    assert "Traceback" not in log_path.read_text()
