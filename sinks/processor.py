@@ -125,15 +125,19 @@ class Processor:
 
         Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, which
         happens when every service of a deployment starts at once. Then it raises the last error.
-        Returns False, with nothing open, when `stopping` is set while it waits to retry.
+        Returns False, with nothing open, when `stopping` is set during an attempt (one that waits
+        on a server that hangs) or while it waits to retry.
         """
         deadline = time.monotonic() + START_TIMEOUT_S
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._start_once()
-                return True
+                if await self._start_once_unless(stopping):
+                    return True
+                await self.close()
+                logger.info("processor start cancelled by a stop request attempt=%d", attempt)
+                return False
             except Exception as error:
                 await self.close()
                 if not is_transient(error) or time.monotonic() > deadline:
@@ -149,6 +153,30 @@ class Processor:
                 continue
             logger.info("processor start cancelled by a stop request attempt=%d", attempt)
             return False
+
+    async def _start_once_unless(self, stopping: asyncio.Event | None) -> bool:
+        """Run one start attempt and return True, or cancel it and return False when `stopping` is set first.
+
+        A connection to a server that does not reply waits for its connect timeout (60 s in
+        asyncpg), and the schema guard has none, so a stop request cannot wait for the attempt.
+        """
+        attempt = asyncio.create_task(self._start_once())
+        if stopping is None:
+            await attempt
+            return True
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait([attempt, stop], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await cancel_and_wait(attempt)
+            raise
+        finally:
+            stop.cancel()
+        if attempt.done():
+            attempt.result()
+            return True
+        await cancel_and_wait(attempt)
+        return False
 
     async def _start_once(self) -> None:
         self.redis = connect_redis(self.settings.REDIS_URL, cluster=self.settings.REDIS_CLUSTER, socket_timeout=30,
