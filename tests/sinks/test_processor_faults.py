@@ -184,3 +184,46 @@ async def test_sigterm_during_start_retry(redis_url, tmp_path):
 
     assert code == 0, log_path.read_text()[-3000:]
     assert "Traceback" not in log_path.read_text()
+
+
+async def test_stopped_blocked_batch_not_dead_lettered(database_url, redis_url, redis, db, tmp_path):
+    # A rebuild can hold the site's lock through several restarts. Each start reclaims the cancelled batch,
+    # which counts a delivery although nothing failed, so MAX_DELIVERIES stops must not park it.
+    env = service_env(database_url, redis_url, CONCURRENCY="1", BATCH_SIZE="1", RECLAIM_IDLE_MS="500",
+                      STOP_TIMEOUT_S="1", METRICS_PORT="0", MAX_DELIVERIES="2")
+    log_path = tmp_path / "processor.log"
+    await import_into_stream(redis)
+    blocker = await asyncpg.connect(database_url)
+    rebuild = blocker.transaction()
+    await rebuild.start()
+    await blocker.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE.domain)
+
+    try:
+        for _ in range(2):
+            process = start_processor(env, log_path)
+            await wait_for_blocked_batch(db)
+            assert stop_processor(process, log_path) == 0
+            await wait_for_no_blocked_batch(db)
+    finally:
+        await rebuild.rollback()
+        await blocker.close()
+
+    last = start_processor(env, log_path)
+    try:
+        await wait_until_processed(redis, timeout_s=90)
+    finally:
+        assert stop_processor(last, log_path) == 0
+    assert await redis.xlen("weir:events:dead") == 0
+    assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
+
+
+async def wait_for_no_blocked_batch(db, timeout_s: float = 30) -> None:
+    """Wait until no statement waits for an advisory lock, as after its processor stopped."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+        if not waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"a statement still waited for an advisory lock after {timeout_s}s")
