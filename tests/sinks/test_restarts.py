@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 
+import aiohttp
 import asyncpg
 import pytest
 from redis.asyncio import Redis
@@ -20,7 +21,7 @@ from redis.exceptions import RedisError
 from ops.embedded import _postgres_pids_in, ensure_servers, stop_embedded
 from ops.importer import LogImporter, newest_time, shift_for
 from streams.sites import Site, SiteDirectory
-from tests.conftest import DATA, REPO, free_port, service_env, wait_until_processed, weir_command
+from tests.conftest import API_KEY, DATA, REPO, free_port, service_env, wait_until_processed, weir_command
 
 LOG = DATA / "access-logs" / "apache_combined.log"
 SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
@@ -257,3 +258,53 @@ async def test_sigterm_while_postgres_hangs_at_start(redis_url, tmp_path):
 
     assert code == 0, log_path.read_text()[-3000:]
     assert "Traceback" not in log_path.read_text()
+
+
+async def test_api_sigterm_during_hung_request(redis_url, tmp_path):
+    # close_pool bounds the pool's close, but a request waiting on PostgreSQL when SIGTERM comes must
+    # also end within the API's 40 s grace (terminationGracePeriodSeconds in ops/deploy/k8s/api.yaml).
+    data_dir = tmp_path / "pg"
+    servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=free_port())
+    env = service_env(servers.database_url, redis_url)
+    assert subprocess.run(weir_command("schema", "apply"), cwd=REPO, env=env, capture_output=True).returncode == 0
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    api = subprocess.Popen(weir_command("api", "--port", str(port), "--host", "127.0.0.1"), cwd=REPO, env=env,
+                           stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    frozen: list[int] = []
+    try:
+        async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as http:
+            await _wait_for_answer(http, f"http://127.0.0.1:{port}/api/sites")
+            frozen = _postgres_pids_in(data_dir / "postgres")
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/api/overview?site=a.example"))
+            await asyncio.sleep(1)
+            api.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(api.wait, 40)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("API did not stop within 40 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+            in_flight.cancel()
+            await asyncio.gather(in_flight, return_exceptions=True)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        if api.poll() is None:
+            api.kill()
+            api.wait(10)
+        await asyncio.to_thread(stop_embedded, data_dir)
+
+    assert code == 0, log_path.read_text()[-3000:]
+
+
+async def _wait_for_answer(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(300):
+        try:
+            async with http.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} did not answer 200")
