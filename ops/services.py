@@ -20,7 +20,12 @@ from weir.tasks import cancel_all_and_wait
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 15.0
+"""Seconds aiohttp waits for the requests in flight at a stop, and again after it cancelled them.
+
+Both waits can run out when a request's query waits on a PostgreSQL that does not reply, so a
+stop can take twice this plus the pool's close, which must stay within the 40 s grace.
+"""
 
 
 @dataclass
