@@ -165,6 +165,9 @@ class AgentRunner:
                 self._retrying = True
                 return
             except asyncio.CancelledError:
+                # A cancelled batch did not fail (a stop cancels batches that outlast STOP_TIMEOUT_S),
+                # so its delivery must not count towards MAX_DELIVERIES.
+                await self._give_back(live)
                 raise
             except Exception as error:  # noqa: BLE001 - every failure leaves the batch pending
                 attempt += 1
@@ -243,6 +246,19 @@ class AgentRunner:
         if not transient:
             self._retrying = True
             self._isolate = len(live) > 1 or self._isolate
+
+    async def _give_back(self, live: list[Entry]) -> None:
+        give_back = asyncio.ensure_future(self.consumer.give_back(live, self.options.reclaim_idle_ms))
+        try:
+            await asyncio.shield(give_back)
+        except asyncio.CancelledError:
+            pass  # cancelled again while waiting: the shielded call goes on, and the caller re-raises
+        except Exception as error:  # noqa: BLE001 - the entries stay pending and count one delivery more
+            logger.warning("could not give back a cancelled batch agent=%s stream=%s entries=%d first_entry_id=%s "
+                           "error=%r", self.spec.name, self.consumer.stream, len(live), live[0].entry_id, error)
+            return
+        logger.info("cancelled batch given back agent=%s stream=%s entries=%d first_entry_id=%s", self.spec.name,
+                    self.consumer.stream, len(live), live[0].entry_id)
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         try:

@@ -113,6 +113,20 @@ class StreamConsumer:
         if entry_ids:
             await self.redis.xclaim(self.stream, self.group, self.consumer, 0, entry_ids, justid=True)
 
+    async def give_back(self, entries: list[Entry], idle_ms: int) -> None:
+        """Undo the delivery `entries` counted and make them reclaimable at once, for a batch that was cancelled.
+
+        XCLAIM with RETRYCOUNT sets each entry's delivery count back to what it was before this
+        consumer read it, and IDLE makes it look idle for `idle_ms`, so that the next reclaim, by
+        any consumer, takes it without waiting and without counting a failed attempt.
+        """
+        by_count: dict[int, list[str]] = {}
+        for entry in entries:
+            by_count.setdefault(max(entry.deliveries - 1, 0), []).append(entry.entry_id)
+        for count, entry_ids in by_count.items():
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, entry_ids, idle=idle_ms,
+                                    retrycount=count, justid=True)
+
     async def dead_letter(self, entry: Entry, error: str) -> None:
         """Copy `entry` with its error into the dead-letter stream, then acknowledge it, atomically."""
         fields = dict(entry.fields)

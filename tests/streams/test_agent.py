@@ -280,3 +280,18 @@ async def test_idle_consumers_without_pending_are_removed(redis):
     names = sorted(i["name"].decode() for i in await redis.xinfo_consumers(STREAM, GROUP))
     assert removed == ["gone"]
     assert names == ["busy"]
+
+
+async def test_give_back_undoes_the_delivery(redis):
+    await add_entries(redis, 2)
+    consumer = await make_consumer(redis)
+    entries = await consumer.read_new(2, 10)
+
+    await consumer.give_back(entries, 60_000)
+
+    details = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [int(d["times_delivered"]) for d in details] == [0, 0]
+    assert min(int(d["time_since_delivered"]) for d in details) >= 60_000
+    claimed = await (await make_consumer(redis, "c2")).reclaim(60_000, 10)
+    assert [e.entry_id for e in claimed] == [e.entry_id for e in entries]
+    assert [e.deliveries for e in claimed] == [1, 1]
