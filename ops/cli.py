@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     processor.add_argument("--batch-size", type=int, help="stream entries per batch (sets BATCH_SIZE, default 100)")
     processor.add_argument("--metrics-port", type=int,
                            help="side port for /health and /metrics (sets METRICS_PORT, default 4010; 0 turns it off)")
+    processor.add_argument("--host", help="address of the side port (sets HOST, default 0.0.0.0)")
 
     api = commands.add_parser("api", help="run the query API and dashboard on PORT, default 4002")
     api.add_argument("--port", type=int, help="TCP port to listen on (sets PORT)")

@@ -49,7 +49,7 @@ async def run_collector(args: argparse.Namespace) -> int:
 
 async def run_processor(args: argparse.Namespace) -> int:
     settings = load_settings(ProcessorSettings, CONCURRENCY=args.concurrency, BATCH_SIZE=args.batch_size,
-                             METRICS_PORT=args.metrics_port)
+                             METRICS_PORT=args.metrics_port, HOST=args.host)
     configure_logging(settings.LOG_LEVEL)
     services = ServiceSet()
     services.add_processor(Processor(settings), settings.METRICS_PORT, settings.HOST)
