@@ -91,7 +91,7 @@ async def _stop_processors(tasks: list[asyncio.Task], processors: list[Processor
     timeout_s = max(processor.settings.STOP_TIMEOUT_S for processor in processors)
     done, running = await asyncio.wait(tasks, timeout=timeout_s)
     if running:
-        logger.error("batches still running %.0f s after the stop request are cancelled; their entries stay "
+        logger.error("batches still running %g s after the stop request are cancelled; their entries stay "
                      "pending and are processed after a restart or by another replica consumers=%s", timeout_s,
                      ",".join(name for processor in processors for name in processor.consumer_names))
         await cancel_all_and_wait(running)

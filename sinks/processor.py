@@ -15,8 +15,9 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Coroutine
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiohttp import web
@@ -125,57 +126,30 @@ class Processor:
 
         Retries for up to START_TIMEOUT_S while Redis or PostgreSQL is not reachable yet, which
         happens when every service of a deployment starts at once. Then it raises the last error.
-        Returns False, with nothing open, when `stopping` is set during an attempt (one that waits
-        on a server that hangs) or while it waits to retry.
+        Returns False, with nothing open, when `stopping` is set during an attempt or while it
+        waits to retry.
         """
+        stopping = stopping or asyncio.Event()
         deadline = time.monotonic() + START_TIMEOUT_S
         attempt = 0
         while True:
             attempt += 1
             try:
-                if await self._start_once_unless(stopping):
-                    return True
-                await self.close()
-                logger.info("processor start cancelled by a stop request attempt=%d", attempt)
-                return False
+                # An attempt can wait on a server that does not reply (asyncpg's connect timeout is
+                # 60 s, and the schema guard has none), so a stop request cancels it.
+                if not await _unless_stopped(self._start_once(), stopping):
+                    break
+                return True
             except Exception as error:
                 await self.close()
                 if not is_transient(error) or time.monotonic() > deadline:
                     raise
                 logger.warning("processor start failed attempt=%d error=%r; retrying in %.0fs", attempt, error,
                                START_RETRY_S)
-            if stopping is None:
-                await asyncio.sleep(START_RETRY_S)
-                continue
-            try:
-                await asyncio.wait_for(stopping.wait(), START_RETRY_S)
-            except TimeoutError:
-                continue
-            logger.info("processor start cancelled by a stop request attempt=%d", attempt)
-            return False
-
-    async def _start_once_unless(self, stopping: asyncio.Event | None) -> bool:
-        """Run one start attempt and return True, or cancel it and return False when `stopping` is set first.
-
-        A connection to a server that does not reply waits for its connect timeout (60 s in
-        asyncpg), and the schema guard has none, so a stop request cannot wait for the attempt.
-        """
-        attempt = asyncio.create_task(self._start_once())
-        if stopping is None:
-            await attempt
-            return True
-        stop = asyncio.create_task(stopping.wait())
-        try:
-            await asyncio.wait([attempt, stop], return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            await cancel_and_wait(attempt)
-            raise
-        finally:
-            stop.cancel()
-        if attempt.done():
-            attempt.result()
-            return True
-        await cancel_and_wait(attempt)
+            if not await _unless_stopped(asyncio.sleep(START_RETRY_S), stopping):
+                break
+        await self.close()
+        logger.info("processor start cancelled by a stop request attempt=%d", attempt)
         return False
 
     async def _start_once(self) -> None:
@@ -393,6 +367,25 @@ class Processor:
         if self._failing_since is None:
             return None
         return datetime.fromtimestamp(self._failing_since, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, Any], stopping: asyncio.Event) -> bool:
+    """Run `work` and return True, or cancel it and return False when `stopping` is set first.
+
+    Raises what `work` raises.
+    """
+    task = asyncio.create_task(work)
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            await cancel_and_wait(task)
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 def _one_runner(runners: list[AgentRunner]) -> AgentRunner | StreamCycleRunner:

@@ -116,9 +116,9 @@ class StreamConsumer:
     async def give_back(self, entries: list[Entry], idle_ms: int) -> None:
         """Undo the delivery `entries` counted and make them reclaimable at once, for a batch that was cancelled.
 
-        XCLAIM with RETRYCOUNT sets each entry's delivery count back to what it was before this
-        consumer read it, and IDLE makes it look idle for `idle_ms`, so that the next reclaim, by
-        any consumer, takes it without waiting and without counting a failed attempt.
+        XCLAIM with RETRYCOUNT sets each entry's delivery count back to its value before this
+        consumer read it. IDLE makes the entry look idle for `idle_ms`, so the next reclaim, by
+        any consumer, takes it at once and counts no failed attempt.
         """
         by_count: dict[int, list[str]] = {}
         for entry in entries:
