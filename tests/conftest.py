@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -113,6 +115,19 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
 
 def weir_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ops.cli", *args]
+
+
+def stop_service(process: subprocess.Popen, log_path: Path, timeout_s: float = 30) -> int:
+    """SIGTERM `process` and return its exit code; kill it and fail with its log when it does not stop in time."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+        command = " ".join(str(arg) for arg in process.args[1:])
+        raise AssertionError(f"`{command}` did not stop within {timeout_s:g} s of SIGTERM:\n"
+                             + log_path.read_text()[-3000:]) from None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from redis.asyncio import Redis
 from ops.importer import LogImporter, newest_time, shift_for
 from sinks.sessions import SITE_LOCK_CLASS
 from streams.sites import Site, SiteDirectory
-from tests.conftest import DATA, REPO, free_port, service_env, wait_until_processed, weir_command
+from tests.conftest import DATA, REPO, free_port, service_env, stop_service, wait_until_processed, weir_command
 
 LOG = DATA / "access-logs" / "apache_combined.log"
 SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
@@ -24,17 +25,6 @@ SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
 def start_processor(env: dict, log_path) -> subprocess.Popen:
     log = open(log_path, "ab")
     return subprocess.Popen(weir_command("processor"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop_processor(process: subprocess.Popen, log_path) -> int:
-    """SIGTERM `process` and return its exit code; kill it and fail with its log when it does not stop."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-        raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
 
 
 async def import_into_stream(redis: Redis) -> None:
@@ -85,7 +75,7 @@ async def test_sigkill_mid_import_loses_and_doubles_nothing(database_url, redis_
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        assert stop_processor(second, tmp_path / "processor.log") == 0, (tmp_path / "processor.log").read_text()[-3000:]
+        assert stop_service(second, tmp_path / "processor.log") == 0, (tmp_path / "processor.log").read_text()[-3000:]
 
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
     log = (tmp_path / "processor.log").read_text()
@@ -102,7 +92,7 @@ async def test_two_replicas_share_one_group(database_url, redis_url, redis, db, 
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        codes = [stop_processor(process, tmp_path / f"processor-{i}.log") for i, process in enumerate(processes)]
+        codes = [stop_service(process, tmp_path / f"processor-{i}.log") for i, process in enumerate(processes)]
 
     assert codes == [0] * replicas
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
@@ -116,20 +106,12 @@ async def test_stop_timeout_cancels_blocked_batch(database_url, redis_url, redis
                       STOP_TIMEOUT_S="1", METRICS_PORT="0")
     log_path = tmp_path / "processor.log"
     await import_into_stream(redis)
-    blocker = await asyncpg.connect(database_url)
-    rebuild = blocker.transaction()
-    await rebuild.start()
-    await blocker.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE.domain)
-
-    try:
+    async with site_locked(database_url):
         first = start_processor(env, log_path)
-        await wait_for_blocked_batch(db)
-        assert stop_processor(first, log_path) == 0
+        await wait_for_lock_waiters(db, waiting=True)
+        assert stop_service(first, log_path) == 0
         stored_while_blocked = await db.fetchval("SELECT count(*) FROM raw_events")
         pending_after_stop = (await redis.xpending("weir:events", "weir:processors"))["pending"]
-    finally:
-        await rebuild.rollback()
-        await blocker.close()
 
     assert stored_while_blocked == 0
     assert pending_after_stop == 1
@@ -139,20 +121,32 @@ async def test_stop_timeout_cancels_blocked_batch(database_url, redis_url, redis
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        assert stop_processor(second, log_path) == 0
+        assert stop_service(second, log_path) == 0
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
 
 
-async def wait_for_blocked_batch(db, timeout_s: float = 30) -> None:
-    """Wait until a processor's statement waits for an advisory lock."""
+async def wait_for_lock_waiters(db, waiting: bool, timeout_s: float = 30) -> None:
+    """Wait until some statement waits for an advisory lock (`waiting`), or until none does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
-        if waiting:
+        count = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+        if bool(count) == waiting:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no processor statement waited for an advisory lock within {timeout_s}s")
+    raise AssertionError(f"advisory lock waiters were still {'absent' if waiting else 'present'} after {timeout_s}s")
+
+
+@contextlib.asynccontextmanager
+async def site_locked(database_url: str):
+    """Hold the site's lock exclusively in an open transaction, as a rebuild does, until the block ends."""
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE.domain)
+            yield
+    finally:
+        await blocker.close()
 
 
 async def wait_for_log_line(log_path, text: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -176,7 +170,7 @@ async def test_sigterm_during_start_retry(redis_url, tmp_path):
     process = start_processor(env, log_path)
     try:
         await wait_for_log_line(log_path, "processor start failed attempt=1", process)
-        code = stop_processor(process, log_path)
+        code = stop_service(process, log_path)
     finally:
         if process.poll() is None:
             process.kill()
@@ -187,43 +181,23 @@ async def test_sigterm_during_start_retry(redis_url, tmp_path):
 
 
 async def test_stopped_blocked_batch_not_dead_lettered(database_url, redis_url, redis, db, tmp_path):
-    # A rebuild can hold the site's lock through several restarts. Each start reclaims the cancelled batch,
-    # which counts a delivery although nothing failed, so MAX_DELIVERIES stops must not park it.
+    # A rebuild can hold the site's lock through several restarts. A batch cancelled at each stop did not
+    # fail, so MAX_DELIVERIES stops must not park it in the dead-letter stream.
     env = service_env(database_url, redis_url, CONCURRENCY="1", BATCH_SIZE="1", RECLAIM_IDLE_MS="500",
                       STOP_TIMEOUT_S="1", METRICS_PORT="0", MAX_DELIVERIES="2")
     log_path = tmp_path / "processor.log"
     await import_into_stream(redis)
-    blocker = await asyncpg.connect(database_url)
-    rebuild = blocker.transaction()
-    await rebuild.start()
-    await blocker.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE.domain)
-
-    try:
+    async with site_locked(database_url):
         for _ in range(2):
             process = start_processor(env, log_path)
-            await wait_for_blocked_batch(db)
-            assert stop_processor(process, log_path) == 0
-            await wait_for_no_blocked_batch(db)
-    finally:
-        await rebuild.rollback()
-        await blocker.close()
+            await wait_for_lock_waiters(db, waiting=True)
+            assert stop_service(process, log_path) == 0
+            await wait_for_lock_waiters(db, waiting=False)
 
     last = start_processor(env, log_path)
     try:
         await wait_until_processed(redis, timeout_s=90)
     finally:
-        assert stop_processor(last, log_path) == 0
+        assert stop_service(last, log_path) == 0
     assert await redis.xlen("weir:events:dead") == 0
     assert await truth(db) == {"rows": 4173, "human": 1777, "visitors": 1005, "sessions": 1126, "ids": 4173}
-
-
-async def wait_for_no_blocked_batch(db, timeout_s: float = 30) -> None:
-    """Wait until no statement waits for an advisory lock, as after its processor stopped."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
-        if not waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"a statement still waited for an advisory lock after {timeout_s}s")

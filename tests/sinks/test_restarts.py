@@ -6,6 +6,7 @@ Each test starts its own server on a free port and restarts only that one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -21,7 +22,8 @@ from redis.exceptions import RedisError
 from ops.embedded import _postgres_pids_in, ensure_servers, stop_embedded
 from ops.importer import LogImporter, newest_time, shift_for
 from streams.sites import Site, SiteDirectory
-from tests.conftest import API_KEY, DATA, REPO, free_port, service_env, wait_until_processed, weir_command
+from tests.conftest import (API_KEY, DATA, REPO, free_port, service_env, stop_service, wait_until_processed,
+                            weir_command)
 
 LOG = DATA / "access-logs" / "apache_combined.log"
 SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
@@ -188,29 +190,39 @@ async def _wait_for_some_rows(database_url: str) -> None:
     raise AssertionError("no rows arrived before the restart")
 
 
+@contextlib.contextmanager
+def embedded_postgres_frozen(data_dir):
+    """Stop every process of the embedded PostgreSQL in `data_dir` with SIGSTOP, and resume them after the block.
+
+    A stopped PostgreSQL hangs as an unreachable host does: connections stay open and get no reply.
+    """
+    pids = _postgres_pids_in(data_dir / "postgres")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def kill_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
 async def test_sigterm_while_postgres_hangs(redis_url, tmp_path):
-    # SIGSTOP makes PostgreSQL hang as an unreachable host does: connections stay open and get no reply.
     data_dir = tmp_path / "pg"
     servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=free_port())
     log_path = tmp_path / "processor.log"
     processor = start_processor(service_env(servers.database_url, redis_url, METRICS_PORT="0"), log_path)
-    frozen: list[int] = []
     try:
         await _wait_for_group(redis_url)
-        frozen = _postgres_pids_in(data_dir / "postgres")
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        processor.send_signal(signal.SIGTERM)
-        try:
-            code = processor.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+        with embedded_postgres_frozen(data_dir):
+            code = stop_service(processor, log_path)
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-        if processor.poll() is None:
-            processor.kill()
-            processor.wait(10)
+        kill_if_running(processor)
         await asyncio.to_thread(stop_embedded, data_dir)
 
     assert code == 0, log_path.read_text()[-3000:]
@@ -231,29 +243,21 @@ async def test_sigterm_while_postgres_hangs_at_start(redis_url, tmp_path):
     data_dir = tmp_path / "pg"
     pg_port = free_port()
     servers = await asyncio.to_thread(ensure_servers, redis_url, None, data_dir, pg_port=pg_port)
-    frozen = _postgres_pids_in(data_dir / "postgres")
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
     log_path = tmp_path / "processor.log"
-    processor = start_processor(service_env(servers.database_url, redis_url, METRICS_PORT="0"), log_path)
     try:
-        for _ in range(600):
-            if _connected_to(pg_port) or processor.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the processor did not connect to PostgreSQL:\n" + log_path.read_text()[-3000:])
-        processor.send_signal(signal.SIGTERM)
-        try:
-            code = processor.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("processor did not stop within 30 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
+        with embedded_postgres_frozen(data_dir):
+            processor = start_processor(service_env(servers.database_url, redis_url, METRICS_PORT="0"), log_path)
+            try:
+                for _ in range(600):
+                    if _connected_to(pg_port) or processor.poll() is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the processor did not connect to PostgreSQL:\n" + log_path.read_text()[-3000:])
+                code = stop_service(processor, log_path)
+            finally:
+                kill_if_running(processor)
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-        if processor.poll() is None:
-            processor.kill()
-            processor.wait(10)
         await asyncio.to_thread(stop_embedded, data_dir)
 
     assert code == 0, log_path.read_text()[-3000:]
@@ -271,28 +275,17 @@ async def test_api_sigterm_during_hung_request(redis_url, tmp_path):
     log_path = tmp_path / "api.log"
     api = subprocess.Popen(weir_command("api", "--port", str(port), "--host", "127.0.0.1"), cwd=REPO, env=env,
                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-    frozen: list[int] = []
     try:
         async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as http:
             await _wait_for_answer(http, f"http://127.0.0.1:{port}/api/sites")
-            frozen = _postgres_pids_in(data_dir / "postgres")
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
-            in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/api/overview?site=a.example"))
-            await asyncio.sleep(1)
-            api.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.to_thread(api.wait, 40)
-            except subprocess.TimeoutExpired:
-                raise AssertionError("API did not stop within 40 s of SIGTERM:\n" + log_path.read_text()[-3000:]) from None
-            in_flight.cancel()
-            await asyncio.gather(in_flight, return_exceptions=True)
+            with embedded_postgres_frozen(data_dir):
+                in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/api/overview?site=a.example"))
+                await asyncio.sleep(1)
+                code = await asyncio.to_thread(stop_service, api, log_path, 40)
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-        if api.poll() is None:
-            api.kill()
-            api.wait(10)
+        kill_if_running(api)
         await asyncio.to_thread(stop_embedded, data_dir)
 
     assert code == 0, log_path.read_text()[-3000:]

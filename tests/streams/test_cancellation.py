@@ -24,7 +24,7 @@ async def test_lost_cancellation_is_repeated():
             except asyncio.CancelledError:
                 if lost:
                     raise
-                lost += 1  # as asyncio.wait_for on Python 3.11 can
+                lost += 1  # the first cancellation is lost, as asyncio.wait_for on Python 3.11 can lose it
 
     task = asyncio.create_task(keeps_going())
     await asyncio.sleep(0)
