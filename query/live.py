@@ -374,6 +374,8 @@ class LiveHub:
         self._by_channel: dict[bytes, SiteFeed] = {}
         self._has_channels = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._stopping_feeds: set[asyncio.Task] = set()
+        """Stops of feeds closed for idleness, awaited by `stop` before the pub/sub connection closes."""
         self._closing = False
         self._lag_read: asyncio.Task | None = None
         self._lag_read_at = float("-inf")
@@ -449,7 +451,11 @@ class LiveHub:
         self._by_channel.pop(feed.channel, None)
         LIVE_SITES.set(len(self.feeds))
         logger.info("site feed closed site=%s", feed.site, extra={"site": feed.site})
-        asyncio.get_running_loop().create_task(feed.stop())
+        # Kept, because the loop holds only a weak reference to a task, and awaited by `stop`, so its
+        # unsubscribe never runs on a pub/sub connection that is closing.
+        stopping = asyncio.get_running_loop().create_task(feed.stop(), name=f"live-feed-stop-{feed.site}")
+        self._stopping_feeds.add(stopping)
+        stopping.add_done_callback(self._stopping_feeds.discard)
 
     async def subscribe(self, feed: SiteFeed) -> bool:
         """Subscribe to the feed's channel; return False (the feed still reads every interval) on failure."""
@@ -476,7 +482,8 @@ class LiveHub:
         if self._lag_read is not None:
             self._tasks.append(self._lag_read)
         await cancel_all_and_wait(self._tasks)
-        await asyncio.gather(*(feed.stop(unsubscribe=False) for feed in self.feeds.values()), return_exceptions=True)
+        await asyncio.gather(*(feed.stop(unsubscribe=False) for feed in self.feeds.values()), *self._stopping_feeds,
+                             return_exceptions=True)
         self.feeds.clear()
         LIVE_SITES.set(0)
         await self.pubsub.aclose()

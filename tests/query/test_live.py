@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from ingest.validate import EventBuilder, RequestContext
-from query.live import HUB_KEY, LIVE_DROPPED, create_realtime_app
+from query.live import HUB_KEY, LIVE_DROPPED, LiveHub, create_realtime_app
 from query.live_settings import RealtimeSettings
 from sinks.sites import upsert_site
 from streams.event import Event
@@ -471,6 +471,32 @@ def make_event(site: str = SITE, timestamp_ms: int | None = None, visitor: str =
     return Event(id=str(new_event_id(moment)), site=site, type=fields.pop("type", "pageview"),
                  action=fields.pop("action", "/"), timestamp_ms=moment, received_ms=moment, visitor_id=visitor,
                  **fields)
+
+
+async def test_idle_feed_stops_before_hub_closes(redis_url):
+    """A feed closed for idleness finishes its stop (cancel, unsubscribe) before the hub's stop returns."""
+    client = Redis.from_url(redis_url)
+    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
+    hub.start()
+    subscriber, _first = await hub.join(SITE, "sse", lambda: None, None)
+    feed = hub.feeds[SITE]
+    hub.leave(subscriber)
+    unsubscribe = hub.pubsub.unsubscribe
+
+    async def slow_unsubscribe(*channels: object) -> None:
+        # Without the wait, the feed's stop happened to finish before the hub's, hiding the race.
+        await asyncio.sleep(0.3)
+        await unsubscribe(*channels)
+
+    hub.pubsub.unsubscribe = slow_unsubscribe
+    hub.close_if_idle(feed)
+    await hub.stop()
+    left_running = [task.get_name() for task in asyncio.all_tasks()
+                    if task is not asyncio.current_task() and not task.done()]
+    await client.aclose()
+
+    assert hub.feeds == {}
+    assert left_running == []
 
 
 async def test_record_twice_counts_once(redis):
