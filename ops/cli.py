@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--realtime-port", type=int, default=4003, help="live feed port (default 4003)")
     up.add_argument("--processor-metrics-port", type=int, default=4010,
                     help="processor /health and /metrics port (default 4010; 0 turns it off)")
-    up.add_argument("--host", default="127.0.0.1", help="address the services listen on (default 127.0.0.1)")
+    up.add_argument("--host", help="address the services listen on (default: HOST, else 127.0.0.1)")
 
     schema = commands.add_parser("schema", help="compare, print or apply the schema the code needs")
     schema_commands = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
+from collections.abc import Mapping
 
 import asyncpg
 import orjson
@@ -76,15 +78,25 @@ async def run_realtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def up_host(option: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """Return the address of `weir up`'s services: --host, else HOST, else 127.0.0.1.
+
+    Not the services' own default of 0.0.0.0: a stack started for local use stays local
+    unless the operator names another address.
+    """
+    return option or environ.get("HOST") or "127.0.0.1"
+
+
 async def run_up(args: argparse.Namespace) -> int:
-    collector = load_settings(CollectorSettings, PORT=args.collector_port, HOST=args.host)
+    host = up_host(args.host)
+    collector = load_settings(CollectorSettings, PORT=args.collector_port, HOST=host)
     processor = load_settings(ProcessorSettings, METRICS_PORT=args.processor_metrics_port)
-    api = load_settings(ApiSettings, PORT=args.api_port, HOST=args.host)
-    realtime = load_settings(RealtimeSettings, PORT=args.realtime_port, HOST=args.host)
+    api = load_settings(ApiSettings, PORT=args.api_port, HOST=host)
+    realtime = load_settings(RealtimeSettings, PORT=args.realtime_port, HOST=host)
     configure_logging(collector.LOG_LEVEL)
 
     services = ServiceSet()
-    services.add_processor(Processor(processor), processor.METRICS_PORT, args.host)
+    services.add_processor(Processor(processor), processor.METRICS_PORT, host)
     services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
     services.add_app("api", create_api_app(api), api.HOST, api.PORT)
     services.add_app("realtime", create_realtime_app(realtime), realtime.HOST, realtime.PORT)

@@ -87,7 +87,7 @@ def health_urls(args: list[str], env: Mapping[str, str]) -> list[str]:
         return []
     command = args[0]
     host = option_value(args, "--host") or env.get("HOST", "")
-    host = "127.0.0.1" if host in ANY_ADDRESS else host
+    host = "127.0.0.1" if host in ANY_ADDRESS else url_host(host)
 
     if command == "up":
         ports = [int(option_value(args, option) or default) for option, default in UP_PORTS]
@@ -99,6 +99,13 @@ def health_urls(args: list[str], env: Mapping[str, str]) -> list[str]:
     port = int(option_value(args, option) or env.get(variable) or default)
     # A processor started with METRICS_PORT=0 has no health port to request.
     return [f"http://{host}:{port}/health"] if port else []
+
+
+def url_host(host: str) -> str:
+    """Return `host` as a URL writes it: an IPv6 address in brackets, its zone id escaped (RFC 6874)."""
+    if ":" not in host or host.startswith("["):
+        return host
+    return "[" + host.replace("%", "%25") + "]"
 
 
 def check(url: str) -> tuple[bool, str]:

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from ops.cli import build_parser
+from ops.commands import up_host
 from tests.conftest import REPO, weir_command
 
 SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
@@ -203,3 +204,13 @@ def test_schema_sql_closed_pipe():
     # exit 120, and PYTHONUNBUFFERED=1 a whole traceback. Both are noise after a normal `| head`.
     assert stderr == ""
     assert process.returncode == 141
+
+
+@pytest.mark.parametrize(("option", "environ", "expected"), [
+    (None, {}, "127.0.0.1"),
+    (None, {"HOST": "0.0.0.0"}, "0.0.0.0"),
+    ("10.1.2.3", {"HOST": "0.0.0.0"}, "10.1.2.3"),
+    (None, {"HOST": ""}, "127.0.0.1"),
+])
+def test_up_host_follows_option_then_host_variable(option, environ, expected):
+    assert up_host(option, environ) == expected
