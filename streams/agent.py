@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from streams import metrics
 from streams.consumer import Entry, StreamConsumer
 from streams.event import MalformedEntry
-from weir.tasks import cancel_and_wait
+from weir.tasks import cancel_and_wait, shielded
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ class AgentRunner:
 
         # Step 3: acknowledge what was committed; shielded so a cancellation cannot skip it.
         try:
-            await asyncio.shield(self.consumer.ack([e.entry_id for e in live]))
+            await shielded(self.consumer.ack([e.entry_id for e in live]),
+                           f"acknowledge agent={self.spec.name} stream={self.consumer.stream} "
+                           f"first_entry_id={live[0].entry_id}")
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - unacknowledged entries come back and are skipped as stored
@@ -248,11 +250,12 @@ class AgentRunner:
             self._isolate = len(live) > 1 or self._isolate
 
     async def _give_back(self, live: list[Entry]) -> None:
-        give_back = asyncio.ensure_future(self.consumer.give_back(live, self.options.reclaim_idle_ms))
         try:
-            await asyncio.shield(give_back)
+            await shielded(self.consumer.give_back(live, self.options.reclaim_idle_ms),
+                           f"give back of a cancelled batch agent={self.spec.name} stream={self.consumer.stream} "
+                           f"first_entry_id={live[0].entry_id}")
         except asyncio.CancelledError:
-            pass  # cancelled again while waiting: the shielded call goes on, and the caller re-raises
+            return  # cancelled again while waiting: the call goes on, and the caller re-raises
         except Exception as error:  # noqa: BLE001 - the entries stay pending and count one delivery more
             logger.warning("could not give back a cancelled batch agent=%s stream=%s entries=%d first_entry_id=%s "
                            "error=%r", self.spec.name, self.consumer.stream, len(live), live[0].entry_id, error)
@@ -262,7 +265,7 @@ class AgentRunner:
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         try:
-            await asyncio.shield(self.consumer.dead_letter(entry, reason))
+            await shielded(self.consumer.dead_letter(entry, reason), f"dead-lettering entry_id={entry.entry_id}")
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - the entry stays pending and is parked on a later delivery

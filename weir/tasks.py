@@ -7,12 +7,21 @@ finished but before wait_for resumed. redis-py 5.2 sends every command through `
 nothing happened. A caller that cancels such a task once and awaits it then waits forever: a
 processor's claim renewal did, which kept its batch's entries from being reclaimed and the
 process from stopping.
+
+`shielded` is the other half: a call that must finish although its caller is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import functools
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RECANCEL_AFTER_S = 0.1
 """Seconds to wait for a cancelled task to end before cancelling it again."""
@@ -35,3 +44,26 @@ async def cancel_and_wait(task: asyncio.Task, recancel_after_s: float = RECANCEL
 async def cancel_all_and_wait(tasks: Iterable[asyncio.Task], recancel_after_s: float = RECANCEL_AFTER_S) -> None:
     """Cancel every task of `tasks` at once and return once all have ended (see `cancel_and_wait`)."""
     await asyncio.gather(*(cancel_and_wait(task, recancel_after_s) for task in tasks))
+
+
+async def shielded(awaitable: Awaitable[T], what: str) -> T:
+    """Return the result of `awaitable`, which a cancellation of the caller does not interrupt.
+
+    A cancelled caller gets CancelledError at once while the call goes on. If that call fails
+    later, its error is logged with `what`: nobody awaits it any more, and asyncio would
+    otherwise report it only as "Task exception was never retrieved" when the task is collected.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(functools.partial(_log_late_failure, what))
+        raise
+
+
+def _log_late_failure(what: str, task: asyncio.Future) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.warning("%s failed after its caller was cancelled error=%r", what, error)

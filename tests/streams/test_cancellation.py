@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from streams.agent import AgentOptions, AgentRunner, AgentSpec
 from streams.consumer import Entry, StreamConsumer
 from tests.streams.test_agent import DEAD, GROUP, STREAM, add_entries, pending
-from weir.tasks import cancel_all_and_wait, cancel_and_wait
+from weir.tasks import cancel_all_and_wait, cancel_and_wait, shielded
 
 
 async def test_lost_cancellation_is_repeated():
@@ -116,3 +116,43 @@ async def test_renewal_losing_cancellation_still_acks(redis: Redis):
     assert seen == ids
     assert consumer.lost == 1
     assert await pending(redis) == 0
+
+
+async def test_shielded_late_failure_logged(caplog):
+    release = asyncio.Event()
+
+    async def fails_later() -> None:
+        await release.wait()
+        raise ConnectionError("Redis went away")
+
+    caller = asyncio.create_task(shielded(fails_later(), "acknowledge first_entry_id=1-0"))
+    await asyncio.sleep(0)
+    await cancel_and_wait(caller)
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+    assert caller.cancelled()
+    assert ("acknowledge first_entry_id=1-0 failed after its caller was cancelled "
+            "error=ConnectionError('Redis went away')") in caplog.text
+
+
+async def test_shielded_call_outlives_caller():
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow() -> str:
+        await release.wait()
+        finished.append("done")
+        return "done"
+
+    caller = asyncio.create_task(shielded(slow(), "slow call"))
+    await asyncio.sleep(0)
+    await cancel_and_wait(caller)
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+    assert caller.cancelled()
+    assert finished == ["done"]
+    assert await shielded(asyncio.sleep(0, result=7), "sleep") == 7
