@@ -72,8 +72,10 @@ Stop with Ctrl-C.
     from ops.cli import main as weir_main
 
     try:
-        return weir_main(["up", "--collector-port", str(collector_port), "--api-port", str(api_port),
-                          "--processor-metrics-port", str(processor_port), "--realtime-port", str(realtime_port)])
+        # --host: the stack stays on the addresses printed above, whatever HOST the shell exports.
+        return weir_main(["up", "--host", "127.0.0.1", "--collector-port", str(collector_port),
+                          "--api-port", str(api_port), "--processor-metrics-port", str(processor_port),
+                          "--realtime-port", str(realtime_port)])
     finally:
         stop_servers(servers)
 
