@@ -415,6 +415,10 @@ class LiveHub:
         finally:
             feed.joining -= 1
             self._joining -= 1
+        # `close_clients` may have run during the wait. It did not see this client, so the client
+        # would get no CLOSE and would hold the stop until aiohttp's shutdown timeout.
+        if self._closing:
+            raise LiveUnavailable("the server is stopping")
 
         # No await from here on, so the first update and the queued ones neither overlap nor leave a gap.
         subscriber = Subscriber(site, transport, self.settings.CLIENT_QUEUE_SIZE, abort)

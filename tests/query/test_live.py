@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from ingest.validate import EventBuilder, RequestContext
-from query.live import HUB_KEY, LIVE_DROPPED, LiveHub, create_realtime_app
+from query.live import HUB_KEY, LIVE_DROPPED, LiveHub, LiveUnavailable, create_realtime_app
 from query.live_settings import RealtimeSettings
 from sinks.sites import upsert_site
 from streams.event import Event
@@ -497,6 +497,24 @@ async def test_idle_feed_stops_before_hub_closes(redis_url):
 
     assert hub.feeds == {}
     assert left_running == []
+
+
+async def test_join_during_shutdown_rejected(redis_url):
+    """A join still waiting for its feed's first read when the server stops raises LiveUnavailable (HTTP 503)."""
+    client = Redis.from_url(redis_url)
+    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
+    hub.start()
+    joining = asyncio.create_task(hub.join(SITE, "sse", lambda: None, None))
+    await asyncio.sleep(0)  # The join now waits for the new feed's first read.
+
+    hub.close_clients()
+    with pytest.raises(LiveUnavailable, match="stopping"):
+        await joining
+    clients = hub.clients
+    await hub.stop()
+    await client.aclose()
+
+    assert clients == 0
 
 
 async def test_record_twice_counts_once(redis):
