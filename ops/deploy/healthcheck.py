@@ -31,7 +31,9 @@ SERVICE_PORTS = {
 }
 # `weir up` runs the collector, the API and the processor in one process; its options set each port.
 UP_PORTS = (("--collector-port", 4001), ("--api-port", 4002), ("--processor-metrics-port", 4010))
-ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
+# The loopback address to request for a service that listens on every address. asyncio and uvloop set
+# IPV6_V6ONLY on IPv6 sockets in create_server, so a service on `::` refuses connections to 127.0.0.1.
+ANY_ADDRESS_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
 
 
 def processes(proc: Path = Path("/proc")) -> Iterator[tuple[list[str], dict[str, str]]]:
@@ -87,7 +89,7 @@ def health_urls(args: list[str], env: Mapping[str, str]) -> list[str]:
         return []
     command = args[0]
     host = option_value(args, "--host") or env.get("HOST", "")
-    host = "127.0.0.1" if host in ANY_ADDRESS else url_host(host)
+    host = ANY_ADDRESS_LOOPBACK.get(host) or url_host(host)
 
     if command == "up":
         ports = [int(option_value(args, option) or default) for option, default in UP_PORTS]

@@ -34,7 +34,8 @@ _spec.loader.exec_module(healthcheck)
         (["weir", "api", "--host", "::1"], {}, ["http://[::1]:4002/health"]),
         (["weir", "collector"], {"HOST": "fe80::1%eth0"}, ["http://[fe80::1%25eth0]:4001/health"]),
         (["weir", "realtime", "--host", "[::1]"], {}, ["http://[::1]:4003/health"]),
-        (["weir", "api"], {"HOST": "::"}, ["http://127.0.0.1:4002/health"]),
+        (["weir", "api"], {"HOST": "::"}, ["http://[::1]:4002/health"]),
+        (["weir", "realtime", "--host", "[::]"], {}, ["http://[::1]:4003/health"]),
         (["python", "-m", "ops.cli", "api", "--port", "7002"], {}, ["http://127.0.0.1:7002/health"]),
         (["weir", "up", "--api-port", "7002"], {},
          ["http://127.0.0.1:4001/health", "http://127.0.0.1:7002/health", "http://127.0.0.1:4010/health"]),
@@ -46,7 +47,7 @@ _spec.loader.exec_module(healthcheck)
     ],
     ids=["collector-default", "option-beats-env", "option-equals", "env-port", "host-option", "api-any-address",
          "realtime", "processor-ignores-port", "processor-metrics-port", "processor-host", "processor-port-off",
-         "ipv6-option", "ipv6-zone-env", "ipv6-bracketed", "ipv6-any-address", "python-m", "up", "up-host-env", "schema", "import-logs", "no-command"],
+         "ipv6-option", "ipv6-zone-env", "ipv6-bracketed", "ipv6-any-address", "ipv6-any-address-bracketed", "python-m", "up", "up-host-env", "schema", "import-logs", "no-command"],
 )
 def test_health_urls_follow_service_settings(argv, env, urls):
     args = healthcheck.weir_arguments(argv)
