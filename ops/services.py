@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ops.errors import CommandError
 from sinks.processor import Processor, create_processor_health_app
 from weir.tasks import cancel_all_and_wait
 
@@ -67,8 +68,8 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
         for name, app, host, port in services.apps:
             runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_port=True).start()
-            runners.append(runner)
+            runners.append(runner)  # Before the bind, so a failed bind still runs the app's cleanup.
+            await _listen(runner, name, host, port)
             logger.info("service listening service=%s address=http://%s:%d", name, host, port)
         if ready is not None:
             ready.set()
@@ -82,6 +83,15 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
         for processor, _port, _host in services.processors:
             await processor.close()
         logger.info("services stopped")
+
+
+async def _listen(runner: web.AppRunner, name: str, host: str, port: int) -> None:
+    """Bind `runner`'s application to `host`:`port`. Raise CommandError when the address cannot be used."""
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
+    except OSError as error:  # socket.gaierror too: an unknown host name or a malformed address
+        raise CommandError(f"{name} failed to listen on host {host!r} port {port}: {error.strerror or error}. "
+                           "Set HOST or --host to a local address or host name, and the port to a free one") from None
 
 
 async def _stop_processors(tasks: list[asyncio.Task], processors: list[Processor]) -> None:

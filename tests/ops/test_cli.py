@@ -10,7 +10,7 @@ import pytest
 
 from ops.cli import build_parser
 from ops.commands import up_host
-from tests.conftest import REPO, weir_command
+from tests.conftest import REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free_port, weir_command
 
 SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
                ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"], ["dlq", "list"], ["dlq", "requeue"],
@@ -214,3 +214,16 @@ def test_schema_sql_closed_pipe():
 ])
 def test_up_host_follows_option_then_host_variable(option, environ, expected):
     assert up_host(option, environ) == expected
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "[::1]", " "], ids=["unknown-name", "bracketed", "space"])
+def test_unusable_host_one_line_error(host):
+    env = bare_env(NODE_ENV="development", REDIS_URL=f"{REDIS_SERVER_URL}/{REDIS_TEST_DB}", API_KEYS="key",
+                   HOST=host, PORT=str(free_port()))
+    result = run(["realtime"], env)
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert errors == [errors[0]]
+    assert errors[0].startswith(f"error: realtime failed to listen on host {host!r} port ")
