@@ -13,6 +13,7 @@ has Python.
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import urllib.error
@@ -119,6 +120,8 @@ def check(url: str) -> tuple[bool, str]:
         return False, f"{url} answered {error.code}: {error.read(300).decode(errors='replace')}"
     except (OSError, urllib.error.URLError) as error:
         return False, f"{url} failed: {error}"
+    except (ValueError, http.client.InvalidURL) as error:  # a HOST or --host that no URL can contain
+        return False, f"{url} is not a valid URL: {error}; check the service's HOST or --host"
 
 
 def main() -> int:

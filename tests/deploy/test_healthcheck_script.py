@@ -109,3 +109,13 @@ async def test_check_fails_on_503():
     assert not ok
     assert "answered 503" in message
     assert "unhealthy" in message
+
+
+@pytest.mark.parametrize("host", [" ", "a b", "[::1", "1.2.3.4:80"], ids=["space", "inner-space", "open-bracket", "port"])
+def test_check_fails_on_invalid_host(host):
+    [url] = healthcheck.health_urls(["realtime"], {"HOST": host})
+
+    ok, message = healthcheck.check(url)
+
+    assert not ok
+    assert message.startswith(f"{url} is not a valid URL: ")
