@@ -235,8 +235,13 @@ class SiteFeed:
             try:
                 await self._hub.pubsub.unsubscribe(self.channel)
             except RedisError as error:
-                # The next reconnect of the pub/sub connection drops the subscription anyway.
+                # NOTE: the channel stays subscribed, since redis-py 5.2 subscribes it again at the next
+                # reconnect, but `_listen` ignores its messages because no feed claims the channel.
                 logger.debug("unsubscribe failed site=%s error=%r", self.site, error)
+            except Exception as error:  # noqa: BLE001 - an idle feed's stop usually ends before anything awaits it
+                # redis-py 5.2 raises AttributeError or RuntimeError (uvloop) here when `_listen`'s failed
+                # read has just disconnected the shared pub/sub connection.
+                logger.warning("unsubscribe failed site=%s error=%r", self.site, error, extra={"site": self.site})
 
     async def run(self) -> None:
         """Read, compare and fan out until stopped.

@@ -499,6 +499,30 @@ async def test_idle_feed_stops_before_hub_closes(redis_url):
     assert left_running == []
 
 
+async def test_idle_feed_stop_survives_broken_unsubscribe(redis_url):
+    """An unsubscribe that fails outside RedisError, as redis-py's does on a connection disconnected meanwhile, is logged."""
+    client = Redis.from_url(redis_url)
+    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
+    hub.start()
+    subscriber, _first = await hub.join(SITE, "sse", lambda: None, None)
+    feed = hub.feeds[SITE]
+    hub.leave(subscriber)
+
+    async def broken_unsubscribe(*channels: object) -> None:
+        # What redis-py 5.2 raised when the listen task's failed read had just disconnected the connection.
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    hub.pubsub.unsubscribe = broken_unsubscribe
+    hub.close_if_idle(feed)
+    [stopping] = hub._stopping_feeds
+    await asyncio.wait([stopping])
+    error = stopping.exception()
+    await hub.stop()
+    await client.aclose()
+
+    assert error is None
+
+
 async def test_join_during_shutdown_rejected(redis_url):
     """A join still waiting for its feed's first read when the server stops raises LiveUnavailable (HTTP 503)."""
     client = Redis.from_url(redis_url)
