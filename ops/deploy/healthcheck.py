@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 TIMEOUT_S = 4.0
+"""Seconds for all of a check's requests together, under the image's HEALTHCHECK --timeout of 5 s."""
 
 # Each service: the option that sets its health port, the environment variable, and the default.
 SERVICE_PORTS = {
@@ -30,8 +31,10 @@ SERVICE_PORTS = {
     "realtime": ("--port", "PORT", 4003),
     "processor": ("--metrics-port", "METRICS_PORT", 4010),
 }
-# `weir up` runs the collector, the API and the processor in one process; its options set each port.
-UP_PORTS = (("--collector-port", 4001), ("--api-port", 4002), ("--processor-metrics-port", 4010))
+# `weir up` runs the collector, the API, the live feed and the processor in one process, and its
+# options set each port.
+UP_PORTS = (("--collector-port", 4001), ("--api-port", 4002), ("--realtime-port", 4003),
+            ("--processor-metrics-port", 4010))
 # The loopback address to request for a service that listens on every address. asyncio and uvloop set
 # IPV6_V6ONLY on IPv6 sockets in create_server, so a service on `::` refuses connections to 127.0.0.1.
 ANY_ADDRESS_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
@@ -111,10 +114,10 @@ def url_host(host: str) -> str:
     return "[" + host.replace("%", "%25") + "]"
 
 
-def check(url: str) -> tuple[bool, str]:
+def check(url: str, timeout_s: float = TIMEOUT_S) -> tuple[bool, str]:
     """Request `url`; return whether the response status was 200, and a one-line description."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status == 200, f"{url} answered {response.status}"
     except urllib.error.HTTPError as error:
         return False, f"{url} answered {error.code}: {error.read(300).decode(errors='replace')}"
@@ -129,7 +132,14 @@ def main() -> int:
         args = weir_arguments(argv)
         if args is None:
             continue
-        results = [check(url) for url in health_urls(args, environment)]
+        try:
+            urls = health_urls(args, environment)
+        except ValueError as error:
+            print(f"cannot tell the health port of `weir {' '.join(args)}`: {error}; set its port to a number",
+                  file=sys.stderr)
+            return 1
+        # `weir up` serves several ports; together their requests stay within TIMEOUT_S.
+        results = [check(url, TIMEOUT_S / len(urls)) for url in urls]
         for ok, message in results:
             print(message, file=sys.stdout if ok else sys.stderr)
         return 0 if all(ok for ok, _ in results) else 1

@@ -38,16 +38,18 @@ _spec.loader.exec_module(healthcheck)
         (["weir", "realtime", "--host", "[::]"], {}, ["http://[::1]:4003/health"]),
         (["python", "-m", "ops.cli", "api", "--port", "7002"], {}, ["http://127.0.0.1:7002/health"]),
         (["weir", "up", "--api-port", "7002"], {},
-         ["http://127.0.0.1:4001/health", "http://127.0.0.1:7002/health", "http://127.0.0.1:4010/health"]),
-        (["weir", "up", "--processor-metrics-port", "0"], {"HOST": "10.1.2.5"},
-         ["http://10.1.2.5:4001/health", "http://10.1.2.5:4002/health"]),
+         ["http://127.0.0.1:4001/health", "http://127.0.0.1:7002/health", "http://127.0.0.1:4003/health",
+          "http://127.0.0.1:4010/health"]),
+        (["weir", "up", "--processor-metrics-port", "0", "--realtime-port", "7003"], {"HOST": "10.1.2.5"},
+         ["http://10.1.2.5:4001/health", "http://10.1.2.5:4002/health", "http://10.1.2.5:7003/health"]),
         (["weir", "schema", "check"], {}, []),
         (["weir", "import-logs", "--site", "a.example", "x.log"], {}, []),
         (["weir"], {}, []),
     ],
     ids=["collector-default", "option-beats-env", "option-equals", "env-port", "host-option", "api-any-address",
          "realtime", "processor-ignores-port", "processor-metrics-port", "processor-host", "processor-port-off",
-         "ipv6-option", "ipv6-zone-env", "ipv6-bracketed", "ipv6-any-address", "ipv6-any-address-bracketed", "python-m", "up", "up-host-env", "schema", "import-logs", "no-command"],
+         "ipv6-option", "ipv6-zone-env", "ipv6-bracketed", "ipv6-any-address", "ipv6-any-address-bracketed",
+         "python-m", "up", "up-host-env", "schema", "import-logs", "no-command"],
 )
 def test_health_urls_follow_service_settings(argv, env, urls):
     args = healthcheck.weir_arguments(argv)
@@ -111,7 +113,8 @@ async def test_check_fails_on_503():
     assert "unhealthy" in message
 
 
-@pytest.mark.parametrize("host", [" ", "a b", "[::1", "1.2.3.4:80"], ids=["space", "inner-space", "open-bracket", "port"])
+@pytest.mark.parametrize("host", [" ", "a b", "[::1", "1.2.3.4:80"],
+                         ids=["space", "inner-space", "open-bracket", "port"])
 def test_check_fails_on_invalid_host(host):
     [url] = healthcheck.health_urls(["realtime"], {"HOST": host})
 
@@ -119,3 +122,13 @@ def test_check_fails_on_invalid_host(host):
 
     assert not ok
     assert message.startswith(f"{url} is not a valid URL: ")
+
+
+def test_port_not_a_number_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(healthcheck, "processes", lambda: iter([(["weir", "collector"], {"PORT": "http"})]))
+
+    status = healthcheck.main()
+
+    assert status == 1
+    assert capsys.readouterr().err == ("cannot tell the health port of `weir collector`: invalid literal for int() "
+                                       "with base 10: 'http'; set its port to a number\n")
