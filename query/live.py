@@ -473,6 +473,11 @@ class LiveHub:
         except RedisError as error:
             self.read_failures.add(feed.site, error)
             return False
+        except Exception as error:  # noqa: BLE001 - the feed subscribes again at its next read
+            # redis-py 5.2 raises AttributeError or RuntimeError (uvloop) when `_listen`'s failed read
+            # has just disconnected the shared pub/sub connection, as it does for `unsubscribe`.
+            self.read_failures.add(feed.site, error, traceback=True)
+            return False
         self._by_channel[feed.channel] = feed
         self._has_channels.set()
         return True

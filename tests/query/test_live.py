@@ -523,6 +523,38 @@ async def test_idle_feed_stop_survives_broken_unsubscribe(redis_url):
     assert error is None
 
 
+async def test_feed_survives_broken_subscribe(redis_url):
+    """A subscribe that fails outside RedisError leaves the feed reading, and the feed subscribes again."""
+    client = Redis.from_url(redis_url)
+    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY,
+                                           LIVE_INTERVAL_MS=100))
+    subscribe = hub.pubsub.subscribe
+    failures: list[tuple] = []
+
+    async def broken_once(*channels: object) -> None:
+        if not failures:
+            failures.append(channels)
+            # What redis-py 5.2 raised when the listen task's failed read had just disconnected the connection.
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        await subscribe(*channels)
+
+    hub.pubsub.subscribe = broken_once
+    hub.start()
+    subscriber, _first = await hub.join(SITE, "sse", lambda: None, None)
+    feed = hub.feeds[SITE]
+    for _ in range(40):
+        if feed.channel in hub._by_channel:
+            break
+        await asyncio.sleep(0.05)
+    subscribed = feed.channel in hub._by_channel
+    hub.leave(subscriber)
+    await hub.stop()
+    await client.aclose()
+
+    assert len(failures) == 1
+    assert subscribed
+
+
 async def test_join_during_shutdown_rejected(redis_url):
     """A join still waiting for its feed's first read when the server stops raises LiveUnavailable (HTTP 503)."""
     client = Redis.from_url(redis_url)
