@@ -46,24 +46,24 @@ async def cancel_all_and_wait(tasks: Iterable[asyncio.Task], recancel_after_s: f
     await asyncio.gather(*(cancel_and_wait(task, recancel_after_s) for task in tasks))
 
 
-async def shielded(awaitable: Awaitable[T], what: str) -> T:
+async def shielded(awaitable: Awaitable[T], description: str) -> T:
     """Return the result of `awaitable`, which a cancellation of the caller does not interrupt.
 
     A cancelled caller gets CancelledError at once while the call goes on. If that call fails
-    later, its error is logged with `what`: nobody awaits it any more, and asyncio would
-    otherwise report it only as "Task exception was never retrieved" when the task is collected.
+    later, its error is logged with `description`, because no caller awaits it any more and
+    asyncio would report it only as "Task exception was never retrieved" when the task is collected.
     """
     task = asyncio.ensure_future(awaitable)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(functools.partial(_log_late_failure, what))
+        task.add_done_callback(functools.partial(_log_late_failure, description))
         raise
 
 
-def _log_late_failure(what: str, task: asyncio.Future) -> None:
+def _log_late_failure(description: str, task: asyncio.Future) -> None:
     if task.cancelled():
         return
     error = task.exception()
     if error is not None:
-        logger.warning("%s failed after its caller was cancelled error=%r", what, error)
+        logger.warning("%s failed after its caller was cancelled error=%r", description, error)
