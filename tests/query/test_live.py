@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from ingest.validate import EventBuilder, RequestContext
-from query.live import HUB_KEY, LIVE_DROPPED, LiveHub, LiveUnavailable, create_realtime_app
+from query.live import HUB_KEY, LIVE_DROPPED, LiveHub, LiveUnavailable, SiteFeed, create_realtime_app
 from query.live_settings import RealtimeSettings
 from sinks.sites import upsert_site
 from streams.event import Event
@@ -473,14 +473,25 @@ def make_event(site: str = SITE, timestamp_ms: int | None = None, visitor: str =
                  **fields)
 
 
-async def test_idle_feed_stops_before_hub_closes(redis_url):
-    """A feed closed for idleness finishes its stop (cancel, unsubscribe) before the hub's stop returns."""
+def new_hub(redis_url: str, **overrides: object) -> tuple[Redis, LiveHub]:
+    """Return a Redis client and a live hub on it, not started."""
     client = Redis.from_url(redis_url)
-    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
+    settings = RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY, **overrides)
+    return client, LiveHub(client, settings)
+
+
+async def idle_feed(hub: LiveHub) -> SiteFeed:
+    """Start `hub` and return SITE's feed after its only client joined and left."""
     hub.start()
     subscriber, _first = await hub.join(SITE, "sse", lambda: None, None)
-    feed = hub.feeds[SITE]
     hub.leave(subscriber)
+    return hub.feeds[SITE]
+
+
+async def test_idle_feed_stops_before_hub_closes(redis_url):
+    """A feed closed for idleness finishes its stop (cancel, unsubscribe) before the hub's stop returns."""
+    client, hub = new_hub(redis_url)
+    feed = await idle_feed(hub)
     unsubscribe = hub.pubsub.unsubscribe
 
     async def slow_unsubscribe(*channels: object) -> None:
@@ -501,12 +512,8 @@ async def test_idle_feed_stops_before_hub_closes(redis_url):
 
 async def test_idle_feed_stop_survives_broken_unsubscribe(redis_url):
     """An unsubscribe that fails outside RedisError, as redis-py's does on a connection disconnected meanwhile, is logged."""
-    client = Redis.from_url(redis_url)
-    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
-    hub.start()
-    subscriber, _first = await hub.join(SITE, "sse", lambda: None, None)
-    feed = hub.feeds[SITE]
-    hub.leave(subscriber)
+    client, hub = new_hub(redis_url)
+    feed = await idle_feed(hub)
 
     async def broken_unsubscribe(*channels: object) -> None:
         # What redis-py 5.2 raised when the listen task's failed read had just disconnected the connection.
@@ -525,9 +532,7 @@ async def test_idle_feed_stop_survives_broken_unsubscribe(redis_url):
 
 async def test_feed_survives_broken_subscribe(redis_url):
     """A subscribe that fails outside RedisError leaves the feed reading, and the feed subscribes again."""
-    client = Redis.from_url(redis_url)
-    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY,
-                                           LIVE_INTERVAL_MS=100))
+    client, hub = new_hub(redis_url, LIVE_INTERVAL_MS=100)
     subscribe = hub.pubsub.subscribe
     failures: list[tuple] = []
 
@@ -557,8 +562,7 @@ async def test_feed_survives_broken_subscribe(redis_url):
 
 async def test_join_during_shutdown_rejected(redis_url):
     """A join still waiting for its feed's first read when the server stops raises LiveUnavailable (HTTP 503)."""
-    client = Redis.from_url(redis_url)
-    hub = LiveHub(client, RealtimeSettings(NODE_ENV="development", REDIS_URL=redis_url, API_KEYS=API_KEY))
+    client, hub = new_hub(redis_url)
     hub.start()
     joining = asyncio.create_task(hub.join(SITE, "sse", lambda: None, None))
     await asyncio.sleep(0)  # The join now waits for the new feed's first read.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
@@ -118,19 +119,24 @@ async def test_renewal_losing_cancellation_still_acks(redis: Redis):
     assert await pending(redis) == 0
 
 
-async def test_shielded_late_failure_logged(caplog):
+async def cancel_during_call(call: Callable[[asyncio.Event], Awaitable[object]], description: str) -> asyncio.Task:
+    """Cancel a caller of `shielded(call(release), description)`, then set `release` and let the call end."""
     release = asyncio.Event()
-
-    async def fails_later() -> None:
-        await release.wait()
-        raise ConnectionError("Redis went away")
-
-    caller = asyncio.create_task(shielded(fails_later(), "acknowledge first_entry_id=1-0"))
+    caller = asyncio.create_task(shielded(call(release), description))
     await asyncio.sleep(0)
     await cancel_and_wait(caller)
     release.set()
     for _ in range(3):
         await asyncio.sleep(0)
+    return caller
+
+
+async def test_shielded_late_failure_logged(caplog):
+    async def fails_later(release: asyncio.Event) -> None:
+        await release.wait()
+        raise ConnectionError("Redis went away")
+
+    caller = await cancel_during_call(fails_later, "acknowledge first_entry_id=1-0")
 
     assert caller.cancelled()
     assert ("acknowledge first_entry_id=1-0 failed after its caller was cancelled "
@@ -138,20 +144,14 @@ async def test_shielded_late_failure_logged(caplog):
 
 
 async def test_shielded_call_outlives_caller():
-    release = asyncio.Event()
     finished: list[str] = []
 
-    async def slow() -> str:
+    async def slow(release: asyncio.Event) -> str:
         await release.wait()
         finished.append("done")
         return "done"
 
-    caller = asyncio.create_task(shielded(slow(), "slow call"))
-    await asyncio.sleep(0)
-    await cancel_and_wait(caller)
-    release.set()
-    for _ in range(3):
-        await asyncio.sleep(0)
+    caller = await cancel_during_call(slow, "slow call")
 
     assert caller.cancelled()
     assert finished == ["done"]
