@@ -182,8 +182,8 @@ class AgentRunner:
         # Step 3: acknowledge what was committed; shielded so a cancellation cannot skip it.
         try:
             await shielded(self.consumer.ack([e.entry_id for e in live]),
-                           f"acknowledge agent={self.spec.name} stream={self.consumer.stream} "
-                           f"first_entry_id={live[0].entry_id}")
+                           "acknowledge agent=%s stream=%s first_entry_id=%s", self.spec.name, self.consumer.stream,
+                           live[0].entry_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - unacknowledged entries come back and are skipped as stored
@@ -252,10 +252,10 @@ class AgentRunner:
     async def _give_back(self, live: list[Entry]) -> None:
         try:
             await shielded(self.consumer.give_back(live, self.options.reclaim_idle_ms),
-                           f"give back of a cancelled batch agent={self.spec.name} stream={self.consumer.stream} "
-                           f"first_entry_id={live[0].entry_id}")
+                           "give back of a cancelled batch agent=%s stream=%s first_entry_id=%s", self.spec.name,
+                           self.consumer.stream, live[0].entry_id)
         except asyncio.CancelledError:
-            return  # cancelled again while waiting: the call goes on, and the caller re-raises
+            return  # Cancelled again while waiting. The call goes on, and the caller re-raises.
         except Exception as error:  # noqa: BLE001 - the entries stay pending and count one delivery more
             logger.warning("could not give back a cancelled batch agent=%s stream=%s entries=%d first_entry_id=%s "
                            "error=%r", self.spec.name, self.consumer.stream, len(live), live[0].entry_id, error)
@@ -265,7 +265,7 @@ class AgentRunner:
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         try:
-            await shielded(self.consumer.dead_letter(entry, reason), f"dead-lettering entry_id={entry.entry_id}")
+            await shielded(self.consumer.dead_letter(entry, reason), "dead-lettering entry_id=%s", entry.entry_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - the entry stays pending and is parked on a later delivery

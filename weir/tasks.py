@@ -46,24 +46,25 @@ async def cancel_all_and_wait(tasks: Iterable[asyncio.Task], recancel_after_s: f
     await asyncio.gather(*(cancel_and_wait(task, recancel_after_s) for task in tasks))
 
 
-async def shielded(awaitable: Awaitable[T], description: str) -> T:
+async def shielded(awaitable: Awaitable[T], description: str, *args: object) -> T:
     """Return the result of `awaitable`, which a cancellation of the caller does not interrupt.
 
     A cancelled caller gets CancelledError at once while the call goes on. If that call fails
-    later, its error is logged with `description`, because no caller awaits it any more and
+    later, its error is logged with `description % args`, because no caller awaits it any more and
     asyncio would report it only as "Task exception was never retrieved" when the task is collected.
+    The text is formatted only then, as logging does, so the common path of a batch builds no string.
     """
     task = asyncio.ensure_future(awaitable)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(functools.partial(_log_late_failure, description))
+        task.add_done_callback(functools.partial(_log_late_failure, description, args))
         raise
 
 
-def _log_late_failure(description: str, task: asyncio.Future) -> None:
+def _log_late_failure(description: str, args: tuple, task: asyncio.Future) -> None:
     if task.cancelled():
         return
     error = task.exception()
     if error is not None:
-        logger.warning("%s failed after its caller was cancelled error=%r", description, error)
+        logger.warning(description + " failed after its caller was cancelled error=%r", *args, error)

@@ -123,7 +123,7 @@ def check(url: str, timeout_s: float = TIMEOUT_S) -> tuple[bool, str]:
         return False, f"{url} answered {error.code}: {error.read(300).decode(errors='replace')}"
     except (OSError, urllib.error.URLError) as error:
         return False, f"{url} failed: {error}"
-    except (ValueError, http.client.InvalidURL) as error:  # a HOST or --host that no URL can contain
+    except (ValueError, http.client.InvalidURL) as error:  # Raised for a HOST or --host that no URL can contain.
         return False, f"{url} is not a valid URL: {error}; check the service's HOST or --host"
 
 

@@ -212,7 +212,7 @@ def test_schema_sql_closed_pipe():
     ("10.1.2.3", {"HOST": "0.0.0.0"}, "10.1.2.3"),
     (None, {"HOST": ""}, "127.0.0.1"),
 ])
-def test_up_host_follows_option_then_host_variable(option, environ, expected):
+def test_up_host_option_then_env(option, environ, expected):
     assert up_host(option, environ) == expected
 
 

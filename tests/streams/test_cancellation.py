@@ -119,10 +119,11 @@ async def test_renewal_losing_cancellation_still_acks(redis: Redis):
     assert await pending(redis) == 0
 
 
-async def cancel_during_call(call: Callable[[asyncio.Event], Awaitable[object]], description: str) -> asyncio.Task:
-    """Cancel a caller of `shielded(call(release), description)`, then set `release` and let the call end."""
+async def cancel_during_call(call: Callable[[asyncio.Event], Awaitable[object]], description: str,
+                             *args: object) -> asyncio.Task:
+    """Cancel a caller of `shielded(call(release), description, *args)`, then set `release` and let the call end."""
     release = asyncio.Event()
-    caller = asyncio.create_task(shielded(call(release), description))
+    caller = asyncio.create_task(shielded(call(release), description, *args))
     await asyncio.sleep(0)
     await cancel_and_wait(caller)
     release.set()
@@ -136,7 +137,7 @@ async def test_shielded_late_failure_logged(caplog):
         await release.wait()
         raise ConnectionError("Redis went away")
 
-    caller = await cancel_during_call(fails_later, "acknowledge first_entry_id=1-0")
+    caller = await cancel_during_call(fails_later, "acknowledge first_entry_id=%s", "1-0")
 
     assert caller.cancelled()
     assert ("acknowledge first_entry_id=1-0 failed after its caller was cancelled "
