@@ -157,7 +157,7 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
     if not user_id and not anonymous_id:
         _reject_without_ids(message, kind)
     message_id = message.get("messageId")
-    if item["id"] is None and message_id is not None and message_id != "":
+    if item["id"] is None and not _blank(message_id):
         # Dropping it would store a retried message twice, since messageId is what deduplicates it.
         raise InvalidEvent("invalid_field", f"messageId must be a string or a number, got {type(message_id).__name__}")
     return item
@@ -167,8 +167,8 @@ def _reject_without_ids(message: dict, kind: str) -> None:
     """Raise InvalidEvent for a message with no usable id. Segment's own API rejects these too,
     because without either id the visitors of one server-side sender cannot be distinguished."""
     for field in ("userId", "anonymousId"):
-        value = message.get(field)
-        if value is not None and value != "":
+        if not _blank(message.get(field)):
+            value = message[field]
             raise InvalidEvent("invalid_field", f"{field} must be a string or a number, got {type(value).__name__}")
     raise InvalidEvent("missing_field", f"a message of type {kind!r} needs `userId` or `anonymousId`")
 
@@ -235,11 +235,23 @@ def _object(message: dict, name: str) -> dict:
 
 
 def _text(value: Any) -> str | None:
-    """Return ids and names as strings; SDKs send numbers for some of them."""
-    if value is None or value == "":
+    """Return ids and names as strings, or None for a blank or unusable value.
+
+    SDKs send numbers for some ids. A JavaScript SDK cannot tell 7 from 7.0, so a whole float is
+    written as an integer: both name the same user or message. A string of spaces names nothing
+    and would merge every sender that sends one.
+    """
+    if isinstance(value, str):
+        return None if _blank(value) else value
+    if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
-    return value if isinstance(value, str) else None
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    return None
+
+
+def _blank(value: Any) -> bool:
+    """Whether an id field is absent: missing, null, empty or only whitespace."""
+    return value is None or (isinstance(value, str) and not value.strip())

@@ -242,6 +242,28 @@ async def test_id_of_wrong_type_rejected(http, collector, redis_client, batch, e
     assert [(e.action, e.user_id) for e in await stream_events(redis_client)] == [("ok", stored_user)]
 
 
+async def test_blank_and_whole_number_ids(http, collector, redis_client):
+    when = "2026-03-04T05:06:07.890Z"
+    batch = [{"type": "track", "event": "spaces", "userId": "   "},
+             {"type": "track", "event": "a", "userId": 7, "messageId": "  ", "timestamp": when},
+             {"type": "track", "event": "b", "userId": 7.0, "messageId": "\t", "timestamp": when},
+             {"type": "track", "event": "c", "userId": 7.5, "messageId": 12.0, "timestamp": when}]
+
+    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
+                         headers={"Authorization": basic(WRITE_KEY)}) as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["rejected"] == [
+        {"index": 0, "reason": "missing_field", "error": "a message of type 'track' needs `userId` or `anonymousId`"}]
+    a, b, c = await stream_events(redis_client)
+    assert [(e.action, e.user_id) for e in (a, b, c)] == [("a", "7"), ("b", "7"), ("c", "7.5")]
+    # A blank messageId deduplicates nothing: two messages at the same time stay two events.
+    assert a.id != b.id
+    assert a.visitor_id == b.visitor_id != c.visitor_id
+    assert c.id == str(stable_event_id("example.com", "12", WHEN_MS))
+
+
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
     skewed = {"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": "m",
                          "timestamp": "2030-01-01T00:00:00.000Z"}],
