@@ -253,5 +253,5 @@ def _text(value: Any) -> str | None:
 
 
 def _blank(value: Any) -> bool:
-    """Whether an id field is absent: missing, null, empty or only whitespace."""
+    """Return whether an id field is absent: missing, null, empty or only whitespace."""
     return value is None or (isinstance(value, str) and not value.strip())

@@ -256,12 +256,14 @@ async def test_blank_and_whole_number_ids(http, collector, redis_client):
     assert response.status == 200
     assert body["rejected"] == [
         {"index": 0, "reason": "missing_field", "error": "a message of type 'track' needs `userId` or `anonymousId`"}]
-    a, b, c = await stream_events(redis_client)
-    assert [(e.action, e.user_id) for e in (a, b, c)] == [("a", "7"), ("b", "7"), ("c", "7.5")]
+    integer_user, float_user, fraction_user = await stream_events(redis_client)
+    assert [(e.action, e.user_id) for e in (integer_user, float_user, fraction_user)] == [
+        ("a", "7"), ("b", "7"), ("c", "7.5")]
     # A blank messageId deduplicates nothing: two messages at the same time stay two events.
-    assert a.id != b.id
-    assert a.visitor_id == b.visitor_id != c.visitor_id
-    assert c.id == str(stable_event_id("example.com", "12", WHEN_MS))
+    assert integer_user.id != float_user.id
+    assert integer_user.visitor_id == float_user.visitor_id
+    assert float_user.visitor_id != fraction_user.visitor_id
+    assert fraction_user.id == str(stable_event_id("example.com", "12", WHEN_MS))
 
 
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
