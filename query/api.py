@@ -39,7 +39,7 @@ from streams.live import LiveReader, now_ms
 from streams.partitions import StreamPartitions
 from weir.health import HealthChecks, add_health_routes
 from weir.pool import close_pool
-from weir.redis import connect_redis
+from weir.redis import REDIS_ERRORS, connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
             asyncio.TimeoutError) as error:
         logger.error("database unreachable method=%s path=%s error=%r", request.method, request.path, error)
         response = error_response(503, "the database is unreachable; retry shortly")
+        response.headers["Retry-After"] = "5"
+    except REDIS_ERRORS as error:
+        # Reports fall back to the database when the cache fails; only the live counters live in Redis alone.
+        logger.error("redis unreachable method=%s path=%s error=%r", request.method, request.path, error)
+        response = error_response(503, "Redis is unreachable, so the live counters cannot be read; retry shortly")
         response.headers["Retry-After"] = "5"
     except Exception:
         logger.exception("API request failed method=%s path=%s", request.method, request.path)

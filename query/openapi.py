@@ -75,6 +75,7 @@ def _operation(summary: str, extra_params: list[dict], schema: dict) -> dict:
             "400": {"$ref": "#/components/responses/BadRequest"},
             "401": {"$ref": "#/components/responses/Unauthorized"},
             "404": {"$ref": "#/components/responses/NotFound"},
+            "503": {"$ref": "#/components/responses/Unavailable"},
         },
     }}
 
@@ -92,6 +93,8 @@ def openapi_document() -> dict:
     error = {"description": "An error naming the parameter and the fix.", "content": {"application/json": {
         "schema": {"type": "object", "required": ["error"],
                    "properties": {"error": {"type": "string"}, "parameter": {"type": "string"}}}}}}
+    unavailable = {**error, "description": "PostgreSQL or Redis is unreachable; retry after the Retry-After header's seconds.",
+                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Weir query API", "version": __version__,
@@ -132,16 +135,18 @@ def openapi_document() -> dict:
                                        "ingest_delay_ms": {"type": ["integer", "null"]}}}}}},
                     "400": {"$ref": "#/components/responses/BadRequest"},
                     "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "404": {"$ref": "#/components/responses/NotFound"}}}},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "503": {"$ref": "#/components/responses/Unavailable"}}}},
             "/api/sites": {"get": {"summary": "The sites", "responses": {
                 "200": {"description": "Every site.", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["data"], "properties": {"data": {"type": "array"}}}}}},
-                "401": {"$ref": "#/components/responses/Unauthorized"}}}},
+                "401": {"$ref": "#/components/responses/Unauthorized"},
+                "503": {"$ref": "#/components/responses/Unavailable"}}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "schemas": {"Freshness": _FRESHNESS},
-            "responses": {"BadRequest": error, "Unauthorized": error, "NotFound": error},
+            "responses": {"BadRequest": error, "Unauthorized": error, "NotFound": error, "Unavailable": unavailable},
         },
     }

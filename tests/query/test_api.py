@@ -192,3 +192,32 @@ async def test_database_down_is_503_with_retry_after(database_url, redis_url, db
 
     assert (status, retry) == (503, "5")
     assert body == {"error": "the database is unreachable; retry shortly"}
+
+
+async def test_live_with_redis_down_is_503(database_url, db):
+    from aiohttp import web
+
+    from query.api import create_api_app
+    from query.settings import ApiSettings
+    from tests.conftest import free_port
+
+    from sinks.guard import run_guard
+
+    await run_guard(db, timescaledb="off")
+    await upsert_site(db, Site("live.example", "UTC"))
+    port = free_port()
+    # Nothing listens on this port, so every Redis command fails to connect.
+    app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url,
+                                     REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", API_KEYS=API_KEY, PORT=port))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.get(f"http://127.0.0.1:{port}/api/live", params={"site": "live.example"}) as response:
+                status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
+    finally:
+        await runner.cleanup()
+
+    assert (status, retry) == (503, "5")
+    assert body == {"error": "Redis is unreachable, so the live counters cannot be read; retry shortly"}
