@@ -43,7 +43,7 @@ from weir.settings import load_settings
 async def run_collector(args: argparse.Namespace) -> int:
     settings = load_settings(CollectorSettings, PORT=args.port, HOST=args.host)
     configure_logging(settings.LOG_LEVEL)
-    services = ServiceSet()
+    services = ServiceSet(reuse_port=settings.REUSE_PORT)
     services.add_app("collector", create_collector_app(settings), settings.HOST, settings.PORT)
     await run_services(services)
     return 0
@@ -53,7 +53,7 @@ async def run_processor(args: argparse.Namespace) -> int:
     settings = load_settings(ProcessorSettings, CONCURRENCY=args.concurrency, BATCH_SIZE=args.batch_size,
                              METRICS_PORT=args.metrics_port, HOST=args.host)
     configure_logging(settings.LOG_LEVEL)
-    services = ServiceSet()
+    services = ServiceSet(reuse_port=settings.REUSE_PORT)
     services.add_processor(Processor(settings), settings.METRICS_PORT, settings.HOST)
     tune_garbage_collection()
     await run_services(services)
@@ -63,7 +63,7 @@ async def run_processor(args: argparse.Namespace) -> int:
 async def run_api(args: argparse.Namespace) -> int:
     settings = load_settings(ApiSettings, PORT=args.port, HOST=args.host)
     configure_logging(settings.LOG_LEVEL)
-    services = ServiceSet()
+    services = ServiceSet(reuse_port=settings.REUSE_PORT)
     services.add_app("api", create_api_app(settings), settings.HOST, settings.PORT)
     await run_services(services)
     return 0
@@ -72,7 +72,7 @@ async def run_api(args: argparse.Namespace) -> int:
 async def run_realtime(args: argparse.Namespace) -> int:
     settings = load_settings(RealtimeSettings, PORT=args.port, HOST=args.host)
     configure_logging(settings.LOG_LEVEL)
-    services = ServiceSet()
+    services = ServiceSet(reuse_port=settings.REUSE_PORT)
     services.add_app("realtime", create_realtime_app(settings), settings.HOST, settings.PORT)
     await run_services(services)
     return 0
@@ -95,7 +95,7 @@ async def run_up(args: argparse.Namespace) -> int:
     realtime = load_settings(RealtimeSettings, PORT=args.realtime_port, HOST=host)
     configure_logging(collector.LOG_LEVEL)
 
-    services = ServiceSet()
+    services = ServiceSet(reuse_port=collector.REUSE_PORT)
     services.add_processor(Processor(processor), processor.METRICS_PORT, host)
     services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
     services.add_app("api", create_api_app(api), api.HOST, api.PORT)

@@ -35,6 +35,9 @@ class ServiceSet:
 
     apps: list[tuple[str, web.Application, str, int]] = field(default_factory=list)
     processors: list[tuple[Processor, int, str]] = field(default_factory=list)
+    reuse_port: bool = False
+    """Listen with SO_REUSEPORT. Off by default: with it, a second server started on a port by
+    mistake (say, against another database) shares the connections silently instead of failing."""
 
     def add_app(self, name: str, app: web.Application, host: str, port: int) -> None:
         self.apps.append((name, app, host, port))
@@ -69,7 +72,7 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
             runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
             await runner.setup()
             runners.append(runner)  # Before the bind, so a failed bind still runs the app's cleanup.
-            await _listen(runner, name, host, port)
+            await _listen(runner, name, host, port, services.reuse_port)
             logger.info("service listening service=%s address=http://%s:%d", name, host, port)
         if ready is not None:
             ready.set()
@@ -85,10 +88,10 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
         logger.info("services stopped")
 
 
-async def _listen(runner: web.AppRunner, name: str, host: str, port: int) -> None:
+async def _listen(runner: web.AppRunner, name: str, host: str, port: int, reuse_port: bool) -> None:
     """Bind `runner`'s application to `host`:`port`. Raise CommandError when the address cannot be used."""
     try:
-        await web.TCPSite(runner, host, port, reuse_port=True).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     except OSError as error:  # socket.gaierror too: an unknown host name or a malformed address
         raise CommandError(f"{name} failed to listen on host {host!r} port {port}: {error.strerror or error}. "
                            "Set HOST or --host to a local address or host name, and the port to a free one") from None

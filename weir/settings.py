@@ -37,6 +37,8 @@ class ServiceSettings(StreamLayoutSettings):
 
     NODE_ENV: Literal["development", "production"]
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+    REUSE_PORT: bool = Field(False, description="true lets several processes of one service listen on the same "
+                                                "port (SO_REUSEPORT), which spreads connections over them")
 
 
 class ConfigError(SystemExit):
