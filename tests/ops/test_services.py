@@ -1,4 +1,4 @@
-"""Listening: a port that another server holds is an error unless REUSE_PORT shares it."""
+"""Listening: a port in use by another server is an error unless REUSE_PORT shares it."""
 
 from __future__ import annotations
 
