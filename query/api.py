@@ -7,7 +7,6 @@ CACHE_TTL_S under a key of the normalised query.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -100,8 +99,15 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = error_response(503, f"the database schema does not match this version of Weir ({error}); "
                                        "run `weir schema check`, then restart a processor to repair it")
         response.headers["Retry-After"] = "30"
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncio.TimeoutError) as error:
+    except TimeoutError as error:
+        # Before OSError, of which TimeoutError is a subclass: a database that answers too slowly is not down.
+        timeout_s = request.app[SETTINGS_KEY].QUERY_TIMEOUT_S
+        logger.error("database query timed out method=%s path=%s timeout_s=%g error=%r",
+                     request.method, request.path, timeout_s, error)
+        response = error_response(503, f"the database did not answer within {timeout_s:g} s (QUERY_TIMEOUT_S); "
+                                       "retry shortly, or ask for a shorter period or fewer filters")
+        response.headers["Retry-After"] = "5"
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError) as error:
         logger.error("database unreachable method=%s path=%s error=%r", request.method, request.path, error)
         response = error_response(503, "the database is unreachable; retry shortly")
         response.headers["Retry-After"] = "5"
@@ -304,7 +310,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
         # Read-only sessions: the API only reads, and a replica refuses writes anyway.
-        app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10, command_timeout=60,
+        app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10,
+                                                  command_timeout=settings.QUERY_TIMEOUT_S,
                                                   server_settings={"default_transaction_read_only": "on",
                                                                    **reports.SERVER_SETTINGS})
         app[REDIS_KEY] = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,

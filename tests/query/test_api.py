@@ -221,3 +221,33 @@ async def test_live_with_redis_down_is_503(database_url, db):
 
     assert (status, retry) == (503, "5")
     assert body == {"error": "Redis is unreachable, so the live counters cannot be read; retry shortly"}
+
+
+async def test_query_over_timeout_is_503(database_url, redis_url, db):
+    from aiohttp import web
+
+    from query.api import create_api_app
+    from query.settings import ApiSettings
+    from sinks.guard import run_guard
+    from tests.conftest import free_port
+
+    await run_guard(db, timescaledb="off")
+    port = free_port()
+    app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url, REDIS_URL=redis_url,
+                                     API_KEYS=API_KEY, PORT=port, QUERY_TIMEOUT_S=0.5))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # A lock that a migration could hold stands in for a PostgreSQL that stopped answering.
+        async with db.transaction():
+            await db.execute("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE")
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                async with http.get(f"http://127.0.0.1:{port}/api/sites") as response:
+                    status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
+    finally:
+        await runner.cleanup()
+
+    assert (status, retry) == (503, "5")
+    assert body == {"error": "the database did not answer within 0.5 s (QUERY_TIMEOUT_S); retry shortly, "
+                             "or ask for a shorter period or fewer filters"}
