@@ -16,14 +16,22 @@ class BadRequest(Exception):
         self.parameter = parameter
 
 
+REPEATABLE = frozenset({"filter"})
+"""Parameters that may be given more than once. A repeat of any other would leave all but one unread."""
+
+
 def check_known(request: web.Request, allowed: set[str]) -> None:
-    """Raise BadRequest for a parameter the endpoint does not take, or a value PostgreSQL cannot hold."""
+    """Raise BadRequest for a parameter the endpoint does not take, one given twice, or a value PostgreSQL cannot hold."""
     for name, value in request.query.items():
         if "\x00" in value:
             raise BadRequest(f"invalid {name}: the value contains a NUL character; remove it",
                              parameter=name)
         if name not in allowed:
-            raise BadRequest(f"unknown parameter {name!r}; this endpoint takes {', '.join(sorted(allowed))}", parameter=name)
+            takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no parameters"
+            raise BadRequest(f"unknown parameter {name!r}; this endpoint {takes}", parameter=name)
+        if name not in REPEATABLE and len(request.query.getall(name)) > 1:
+            raise BadRequest(f"parameter {name!r} is given {len(request.query.getall(name))} times; give it once",
+                             parameter=name)
 
 
 # Bounds that keep a period, its comparison period and their instants in any time zone within
@@ -48,11 +56,8 @@ def parse_limit(request: web.Request, default: int = 10, maximum: int = 1000) ->
     raw = request.query.get("limit")
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid limit={raw!r}: give a whole number from 1 to {maximum}", parameter="limit") from None
-    if not 1 <= value <= maximum:
+    value = _whole_number(raw)
+    if value is None or not 1 <= value <= maximum:
         raise BadRequest(f"invalid limit={raw!r}: give a whole number from 1 to {maximum}", parameter="limit")
     return value
 
@@ -61,10 +66,18 @@ def parse_offset(request: web.Request, maximum: int = 1_000_000) -> int:
     raw = request.query.get("offset")
     if raw is None:
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid offset={raw!r}: give a whole number from 0 to {maximum}", parameter="offset") from None
-    if not 0 <= value <= maximum:
+    value = _whole_number(raw)
+    if value is None or not 0 <= value <= maximum:
         raise BadRequest(f"invalid offset={raw!r}: give a whole number from 0 to {maximum}", parameter="offset")
     return value
+
+
+def _whole_number(raw: str) -> int | None:
+    """Return the number that `raw` writes in ASCII digits alone, else None.
+
+    int() also accepts signs, underscores, spaces and other scripts' digits (`5_0` is 50, `٣` is 3),
+    so a mistyped value would pass as a number.
+    """
+    if not raw or len(raw) > 18 or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)

@@ -251,3 +251,37 @@ async def test_query_over_timeout_is_503(database_url, redis_url, db):
     assert (status, retry) == (503, "5")
     assert body == {"error": "the database did not answer within 0.5 s (QUERY_TIMEOUT_S); retry shortly, "
                              "or ask for a shorter period or fewer filters"}
+
+
+@pytest.mark.parametrize(("params", "error"), [
+    ([("limit", "\uff15")], "invalid limit='\uff15': give a whole number from 1 to 1000"),
+    ([("limit", "+5")], "invalid limit='+5': give a whole number from 1 to 1000"),
+    ([("limit", "5_0")], "invalid limit='5_0': give a whole number from 1 to 1000"),
+    ([("offset", " 1")], "invalid offset=' 1': give a whole number from 0 to 1000000"),
+    ([("limit", "5"), ("limit", "7")], "parameter 'limit' is given 2 times; give it once"),
+    ([("site", "b.example")], "parameter 'site' is given 2 times; give it once"),
+], ids=["fullwidth-digit", "sign", "underscore", "space", "repeated-limit", "repeated-site"])
+async def test_loose_or_repeated_values_are_400(stack, db, redis, params, error):
+    await add_site(stack, db, redis, Site("a.example", "UTC"))
+
+    status, body = await get(stack, "/api/pages", [("site", "a.example"), ("period", "7d"), *params])
+
+    assert status == 400
+    assert body["error"] == error
+
+
+async def test_repeated_filter_is_accepted(stack, db, redis):
+    await add_site(stack, db, redis, Site("a.example", "UTC"))
+
+    status, body = await get(stack, "/api/pages", [("site", "a.example"), ("period", "7d"), ("limit", "07"),
+                                                   ("filter", "page:not:/a"), ("filter", "page:not:/b")])
+
+    assert status == 200
+    assert body["data"] == []
+
+
+async def test_endpoint_without_parameters_says_so(stack):
+    status, body = await get(stack, "/api/sites", {"site": "x"})
+
+    assert status == 400
+    assert body["error"] == "unknown parameter 'site'; this endpoint takes no parameters"
