@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.bots import BotDetector, detect_bot
+from streams.bots import MAX_MATCHED_CHARS, BotDetector, detect_bot
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "user-agents"
 CRAWLER_LIST = DATA_DIR / "crawler-user-agents" / "crawler-user-agents.json"
@@ -217,3 +217,32 @@ def test_repeated_call_same_verdict():
     second = [detector.is_bot(user_agent) for user_agent in AUTOMATION_AGENTS + CURRENT_BROWSERS]
 
     assert first == second
+
+
+def _record_crawlerdetect_input(detector: BotDetector) -> list[str]:
+    seen: list[str] = []
+    original = detector._crawler_detect.is_crawler
+    detector._crawler_detect.is_crawler = lambda user_agent: seen.append(user_agent) or original(user_agent)
+    return seen
+
+
+def test_long_user_agent_prefix_matched():
+    # Spaces keep crawlerdetect's backtracking short, so that without the
+    # limit this test fails in a second instead of running for minutes.
+    user_agent = CHROME_WINDOWS + " " + "ab " * 10_000
+    detector = BotDetector()
+    seen = _record_crawlerdetect_input(detector)
+
+    assert detector.is_bot(user_agent) is False
+    assert seen == [user_agent[:MAX_MATCHED_CHARS]]
+    assert len(seen[0]) == 512
+
+
+def test_long_user_agent_early_bot():
+    assert BotDetector().is_bot("Googlebot/2.1 " + "ab " * 10_000) is True
+
+
+def test_long_user_agent_late_bot_missed():
+    user_agent = CHROME_WINDOWS + " " + "ab " * 10_000 + "Googlebot/2.1"
+
+    assert BotDetector().is_bot(user_agent) is False
