@@ -224,3 +224,18 @@ def test_pure_python_fallback(monkeypatch):
     assert isinstance(resolver, ua_parser.BasicResolver)
     assert result.user_agent.family == "Chrome"
     assert result.os.family == "Windows"
+
+
+def test_long_user_agent_prefix_parsed(monkeypatch):
+    seen: list[str] = []
+    original = useragent._parse_stripped
+    monkeypatch.setattr(useragent, "_parse_stripped", lambda user_agent: seen.append(user_agent) or original(user_agent))
+    user_agent = WINDOWS_CHROME + " " + "ab " * 10_000
+
+    parsed = parse_user_agent(user_agent)
+
+    assert seen == [user_agent[:useragent.MAX_PARSED_CHARS]]
+    assert len(seen[0]) == 512
+    assert parsed.browser == "Chrome"
+    assert parsed.os == "Windows"
+    assert parsed.device_type == "desktop"
