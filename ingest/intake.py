@@ -21,7 +21,7 @@ from ingest.backlog import BacklogMonitor
 from ingest.body import CONTINUE_WITHHELD, RequestRejected
 from ingest.client_ip import address_text, client_ip
 from ingest.cors import CORS_KEY
-from ingest.validate import CacheMiss, EventBuilder, InvalidEvent, Rejection, RequestContext
+from ingest.validate import MAX_USER_AGENT_CHARS, CacheMiss, EventBuilder, InvalidEvent, Rejection, RequestContext
 from ingest.group_commit import GroupCommitWriter
 from ingest.writer import StreamWriter
 from streams.event import Event
@@ -58,7 +58,11 @@ class Intake:
     def context(self, request: web.Request, sent_at_ms: int | None = None,
                 trust_item_ip: bool = False) -> RequestContext:
         """Return the request's context: receive time, client IP and user agent, with the client's
-        send time and whether items may carry their sender's address (see RequestContext)."""
+        send time and whether items may carry their sender's address (see RequestContext).
+
+        A User-Agent header longer than MAX_USER_AGENT_CHARS is cut to that length rather than
+        rejected, because the visitor's browser sends it and the site cannot change it.
+        """
         headers = request.headers
         if self.trusted_proxies:
             # Several header lines of one name are one comma-separated list (RFC 9110, section 5.3).
@@ -71,7 +75,7 @@ class Intake:
         return RequestContext(
             time.time_ns() // 1_000_000,
             ip,
-            header_text(headers.get("User-Agent")),
+            _user_agent_header(headers.get("User-Agent")),
             "collect",
             False,
             sent_at_ms,
@@ -193,6 +197,14 @@ def header_text(value: str | None) -> str | None:
     if value is None or value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _user_agent_header(value: str | None) -> str | None:
+    """Return the User-Agent header as header_text does, cut to MAX_USER_AGENT_CHARS."""
+    text = header_text(value)
+    if text is None or len(text) <= MAX_USER_AGENT_CHARS:
+        return text
+    return text[:MAX_USER_AGENT_CHARS]
 
 
 def json_response(body: object, status: int, headers: dict | None = None) -> web.Response:

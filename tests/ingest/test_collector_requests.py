@@ -538,3 +538,14 @@ async def test_fuzzed_bodies_never_5xx(http, collector):
         statuses.add(status)
         assert status < 500, bytes(data)
     assert statuses <= {202, 400, 422}
+
+
+async def test_long_user_agent_header_truncated(http, collector, redis_client):
+    user_agent = "Mozilla/5.0 " + "a" * 8_000
+
+    status, body, _ = await post(http, collector, orjson.dumps(EVENT), **{"User-Agent": user_agent})
+
+    assert status == 202, body
+    [event] = await stream_events(redis_client)
+    assert event.user_agent == user_agent[:2048]
+    assert len(event.user_agent) == 2048
