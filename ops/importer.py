@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
-from ingest.validate import EventBuilder, InvalidEvent, RequestContext
+from ingest.validate import MAX_USER_AGENT_CHARS, EventBuilder, InvalidEvent, RequestContext
 from ops.logformat import MalformedLine, day_shift_to_today, is_pageview, parse_line, read_log_lines, request_path
 from streams.event import Event, encode_entry
 from streams.partitions import StreamPartitions
@@ -131,8 +131,11 @@ class LogImporter:
             "timestamp": int((record.time + self.shift).timestamp() * 1000),
             "id": f"log:{digest}:{occurrences[digest]}",
         }
+        # A user agent over MAX_USER_AGENT_CHARS is cut rather than the line rejected, as the
+        # collector cuts a User-Agent header.
+        user_agent = (record.user_agent or "")[:MAX_USER_AGENT_CHARS]
         context = RequestContext(received_ms=int(time.time() * 1000), ip=record.remote_addr,
-                                 user_agent=record.user_agent or "", source="import", trust_timestamps=True)
+                                 user_agent=user_agent, source="import", trust_timestamps=True)
         try:
             event = await self.builder.build_one(item, context)
         except InvalidEvent as error:

@@ -14,11 +14,15 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import pytest
 
+from ops.importer import LogImporter
+from streams.sites import Site, SiteDirectory
 from tests.conftest import API_KEY, DATA, REPO, service_env, wait_until_processed, weir_command
+from tests.ingest.conftest import stream_events
 
 LOG = DATA / "access-logs" / "apache_combined.log"
 EXPECTED_SUMMARY = "lines read 10000, events written 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
 EXPECTED_OVERVIEW = {"pageviews": 1777, "bot_pageviews": 2396, "visitors": 1005, "sessions": 1126, "events": 0}
+SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
 
 
 def run_weir(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -118,3 +122,17 @@ async def test_import_missing_file_exits_with_one_line(stack, site_env):
 
     assert result.returncode == 1
     assert result.stderr.strip() == "error: log file not found: /nonexistent.log"
+
+
+async def test_import_long_user_agent_truncated(redis, tmp_path):
+    await SiteDirectory(redis).publish([SITE])
+    user_agent = "Mozilla/5.0 " + "a" * 100_000
+    log = tmp_path / "access.log"
+    log.write_text(f'203.0.113.7 - - [05/Dec/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 512 "-" "{user_agent}"\n')
+
+    summary = await LogImporter(redis, SITE, progress=None).import_files([log])
+
+    assert summary.events_written == 1
+    [event] = await stream_events(redis)
+    assert event.user_agent == user_agent[:2048]
+    assert len(event.user_agent) == 2048
