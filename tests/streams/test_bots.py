@@ -230,7 +230,12 @@ def test_repeated_call_same_verdict():
 def _record_matched(detector: BotDetector) -> list[str]:
     seen: list[str] = []
     original = detector._match_cached
-    detector._match_cached = lambda user_agent: seen.append(user_agent) or original(user_agent)
+
+    def recording_match(user_agent: str) -> bool:
+        seen.append(user_agent)
+        return original(user_agent)
+
+    detector._match_cached = recording_match
     return seen
 
 

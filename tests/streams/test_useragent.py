@@ -229,7 +229,12 @@ def test_pure_python_fallback(monkeypatch):
 def test_long_user_agent_prefix_parsed(monkeypatch):
     seen: list[str] = []
     original = useragent._parse_stripped
-    monkeypatch.setattr(useragent, "_parse_stripped", lambda user_agent: seen.append(user_agent) or original(user_agent))
+
+    def recording_parse(user_agent: str) -> useragent.UserAgent:
+        seen.append(user_agent)
+        return original(user_agent)
+
+    monkeypatch.setattr(useragent, "_parse_stripped", recording_parse)
     user_agent = WINDOWS_CHROME + " " + "ab " * 10_000
 
     parsed = parse_user_agent(user_agent)
