@@ -17,6 +17,7 @@ from ingest.settings import CollectorSettings
 from ops.errors import CommandError
 from ops.import_dry_run import dry_run_command
 from ops.importer import LogImporter, newest_time, shift_for
+from ops.logformat import UnreadableLog
 from ops.replay_archive import replay_archive_command
 from ops.replay_events import ONLY_CHOICES, replay_events
 from ops.replay_stream import replay_stream_command
@@ -216,6 +217,11 @@ async def import_logs(args: argparse.Namespace) -> int:
         importer = LogImporter(redis, record, log_format=args.log_format, shift=shift or shift_for(None),
                                partitions=StreamPartitions.from_settings(settings))
         summary = await importer.import_files(args.paths)
+    except UnreadableLog as error:
+        print(error.partial.line())
+        later = "" if error.path == args.paths[-1] else ", later files were not read"
+        raise CommandError(f"{error}; the lines before it are written{later}; importing the repaired "
+                           "file again skips the lines already written by their ids") from None
     except ValueError as error:
         raise CommandError(str(error)) from None
     except REDIS_ERRORS as error:

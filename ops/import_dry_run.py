@@ -20,7 +20,7 @@ from pathlib import Path
 from ingest.validate import MAX_ACTION_CHARS, decode_path
 from ops.errors import CommandError
 from ops.importer import newest_time, shift_for
-from ops.logformat import MalformedLine, is_pageview, parse_line, read_log_lines, request_path
+from ops.logformat import MalformedLine, UnreadableLog, is_pageview, parse_line, read_log_lines, request_path
 from streams.bots import BotDetector
 
 TOP_PATHS = 10
@@ -63,10 +63,20 @@ def dry_run(paths: list[Path], log_format: str = "combined", shift: timedelta = 
             bots: BotDetector | None = None) -> DryRunReport:
     """Parse `paths` as `weir import-logs` would and count what it would write.
 
-    Raises ValueError when `log_format` is unknown or lacks a field the import needs.
+    Raises ValueError when `log_format` is unknown or lacks a field the import needs. Raises
+    UnreadableLog at a damaged gzip file, with the report of the lines before it as `partial`.
     """
     bots = bots or BotDetector()
     report = DryRunReport()
+    try:
+        _count(paths, log_format, shift, bots, report)
+    except UnreadableLog as error:
+        error.partial = report
+        raise
+    return report
+
+
+def _count(paths: list[Path], log_format: str, shift: timedelta, bots: BotDetector, report: DryRunReport) -> None:
     for path in paths:
         for number, text in read_log_lines(path):
             report.lines_read += 1
@@ -88,7 +98,6 @@ def dry_run(paths: list[Path], log_format: str = "combined", shift: timedelta = 
                 report.first_time = moment
             if report.last_time is None or moment > report.last_time:
                 report.last_time = moment
-    return report
 
 
 def dry_run_command(args: argparse.Namespace) -> int:
@@ -99,9 +108,22 @@ def dry_run_command(args: argparse.Namespace) -> int:
     try:
         shift = shift_for(newest_time(args.paths, args.log_format)) if args.shift_to_today else timedelta(0)
         report = dry_run(args.paths, args.log_format, shift)
+    except UnreadableLog as error:
+        _print_report(error.partial, shift)
+        later = "" if error.path == args.paths[-1] else ", later files were not read"
+        raise CommandError(f"{error}; the report counts the lines before it{later}; an import would "
+                           "write those and stop there") from None
     except ValueError as error:
         raise CommandError(str(error)) from None
+    _print_report(report, shift)
+    if report.lines_read and report.malformed == report.lines_read:
+        # The same check and message as the import itself, so a dry run predicts its outcome.
+        raise CommandError(f"no line was in the {args.log_format!r} log format; check the files or pass --log-format")
+    return 0
 
+
+def _print_report(report: DryRunReport, shift: timedelta) -> None:
+    """Print the report on stdout and the malformed lines and the shift on stderr."""
     for line in report.malformed_lines[:MALFORMED_SHOWN]:
         print(f"malformed {line}", file=sys.stderr)
     if report.malformed > MALFORMED_SHOWN:
@@ -109,10 +131,6 @@ def dry_run_command(args: argparse.Namespace) -> int:
     if shift:
         print(f"timestamps shifted by {shift.days} days", file=sys.stderr)
     print("\n".join(report.lines()))
-    if report.lines_read and report.malformed == report.lines_read:
-        # The same check and message as the import itself, so a dry run predicts its outcome.
-        raise CommandError(f"no line was in the {args.log_format!r} log format; check the files or pass --log-format")
-    return 0
 
 
 def _utc(moment: datetime) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ingest.validate import MAX_USER_AGENT_CHARS, EventBuilder, InvalidEvent, RequestContext
-from ops.logformat import MalformedLine, day_shift_to_today, is_pageview, parse_line, read_log_lines, request_path
+from ops.logformat import MalformedLine, UnreadableLog, day_shift_to_today, is_pageview, parse_line, read_log_lines, request_path
 from streams.event import Event, encode_entry
 from streams.partitions import StreamPartitions
 from streams.sites import Site, SiteDirectory
@@ -62,13 +62,18 @@ def newest_time(paths: list[Path], log_format: str) -> datetime | None:
     """Return the newest timestamp in `paths`, reading them once (for --shift-to-today)."""
     newest = None
     for path in paths:
-        for number, text in read_log_lines(path):
-            try:
-                moment = parse_line(text, number, log_format).time
-            except MalformedLine:
-                continue
-            if newest is None or moment > newest:
-                newest = moment
+        try:
+            for number, text in read_log_lines(path):
+                try:
+                    moment = parse_line(text, number, log_format).time
+                except MalformedLine:
+                    continue
+                if newest is None or moment > newest:
+                    newest = moment
+        except UnreadableLog:
+            # The import stops at the same line and reports it, so the shift comes from the
+            # lines that it imports.
+            return newest
     return newest
 
 
@@ -94,13 +99,22 @@ class LogImporter:
         self._started = time.monotonic()
 
     async def import_files(self, paths: list[Path]) -> ImportSummary:
-        """Import every line of `paths` in order; malformed lines are reported and skipped."""
+        """Import every line of `paths` in order, reporting and skipping malformed lines.
+
+        A gzip file that ends early or is corrupt stops the import at the damage. The lines
+        before it are written, and UnreadableLog is raised with the summary as `partial`.
+        """
         for path in paths:
             occurrences: Counter = Counter()
-            for number, text in read_log_lines(path):
-                self.summary.lines_read += 1
-                await self._import_line(path, number, text, occurrences)
-                self._report_progress(path)
+            try:
+                for number, text in read_log_lines(path):
+                    self.summary.lines_read += 1
+                    await self._import_line(path, number, text, occurrences)
+                    self._report_progress(path)
+            except UnreadableLog as error:
+                await self._flush(final=True)
+                error.partial = self.summary
+                raise
         await self._flush(final=True)
         return self.summary
 

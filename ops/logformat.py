@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -22,6 +23,7 @@ __all__ = [
     "CompiledLogFormat",
     "LogRecord",
     "MalformedLine",
+    "UnreadableLog",
     "compile_log_format",
     "day_shift_to_today",
     "is_pageview",
@@ -572,6 +574,25 @@ def parse_line(line: str, line_number: int, fmt: str = "combined") -> LogRecord:
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+class UnreadableLog(Exception):
+    """An error for a gzip log whose data ends early or is corrupt at line `line`.
+
+    The lines before `line` were read. Line `line` itself is lost, because a line cut short
+    cannot be distinguished from a whole one. Readers attach their result for the lines
+    before, such as an import's summary, as `partial`.
+    """
+
+    def __init__(self, path: Path, line: int, reason: str) -> None:
+        super().__init__(path, line, reason)
+        self.path = path
+        self.line = line
+        self.reason = reason
+        self.partial = None
+
+    def __str__(self) -> str:
+        return f"{self.path} is truncated or corrupt at line {self.line} ({self.reason})"
+
+
 def read_log_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a plain or gzip file.
 
@@ -579,18 +600,25 @@ def read_log_lines(path: Path) -> Iterator[tuple[int, str]]:
     renamed. Lines end at LF only (a lone CR inside a user agent stays), and
     one trailing CR is removed. Bytes are decoded as UTF-8 with
     errors="replace": servers write request bytes from clients, which need
-    not be UTF-8, and one bad byte should not stop an import.
+    not be UTF-8, and one bad byte should not stop an import. A gzip file
+    that ends early or contains corrupt data raises UnreadableLog after
+    yielding the lines before the damage.
     """
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-        for line_number, chunk in enumerate(stream, start=1):
-            if chunk.endswith(b"\n"):
-                chunk = chunk[:-1]
-            if chunk.endswith(b"\r"):
-                chunk = chunk[:-1]
-            yield line_number, chunk.decode("utf-8", errors="replace")
+        line_number = 0
+        try:
+            for line_number, chunk in enumerate(stream, start=1):
+                if chunk.endswith(b"\n"):
+                    chunk = chunk[:-1]
+                if chunk.endswith(b"\r"):
+                    chunk = chunk[:-1]
+                yield line_number, chunk.decode("utf-8", errors="replace")
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            # Only the decompressor raises these, because a plain file has no end marker to miss.
+            raise UnreadableLog(path, line_number + 1, str(error) or error.__class__.__name__) from None
 
 
 # --- Pageviews ------------------------------------------------------------

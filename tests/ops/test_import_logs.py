@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import zlib
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
 
 from ops.importer import LogImporter
+from streams.event import decode_entry
+from streams.keys import EVENTS_STREAM
 from streams.sites import Site, SiteDirectory
 from tests.conftest import API_KEY, DATA, REPO, service_env, wait_until_processed, weir_command
 from tests.ingest.conftest import stream_events
@@ -136,3 +139,52 @@ async def test_import_long_user_agent_truncated(redis, tmp_path):
     [event] = await stream_events(redis)
     assert event.user_agent == user_agent[:2048]
     assert len(event.user_agent) == 2048
+
+
+def truncated_gzip(tmp_path):
+    """Write the sample log as gzip that ends inside line 6281, as a copy cut short does.
+
+    The data is flushed without the end-of-stream marker rather than cut at a byte count, so
+    where it ends does not depend on the zlib version.
+    """
+    lines = LOG.read_bytes().split(b"\n")
+    head = b"\n".join(lines[:6280]) + b"\n" + lines[6280][:40]
+    compressor = zlib.compressobj(wbits=31)
+    path = tmp_path / "access.log.gz"
+    path.write_bytes(compressor.compress(head) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    return path
+
+
+async def test_truncated_gzip_imports_lines_before(database_url, redis_url, redis, tmp_path):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", "semicomplete.com", "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+    path = truncated_gzip(tmp_path)
+
+    result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", "semicomplete.com", str(path))
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "lines read 6280, events written 2828, skipped 3452 (not pageviews), malformed 0, rejected 0"]
+    assert result.stderr.splitlines() == [
+        f"error: {path} is truncated or corrupt at line 6281 (Compressed file ended before the end-of-stream "
+        "marker was reached); the lines before it are written; importing the repaired file again skips the "
+        "lines already written by their ids"]
+    written = [event for entry_id, fields in await redis.xrange(EVENTS_STREAM)
+               for event in decode_entry(entry_id.decode(), fields)]
+    assert len(written) == len({event.id for event in written}) == 2828
+
+
+async def test_truncated_gzip_dry_run_counts_before(database_url, redis_url, tmp_path):
+    path = truncated_gzip(tmp_path)
+
+    result = await asyncio.to_thread(run_weir, service_env(database_url, redis_url), "import-logs", "--site",
+                                     "semicomplete.com", "--dry-run", str(path), str(LOG))
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == ("dry run, nothing written: lines read 6280, pageviews 2828 "
+                                             "(bots 1680), skipped 3452 (not pageviews), malformed 0")
+    assert result.stderr.splitlines() == [
+        f"error: {path} is truncated or corrupt at line 6281 (Compressed file ended before the end-of-stream "
+        "marker was reached); the report counts the lines before it, later files were not read; an import "
+        "would write those and stop there"]
