@@ -19,7 +19,7 @@ from ops.import_dry_run import dry_run_command
 from ops.importer import LogImporter, newest_time, shift_for
 from ops.logformat import UnreadableLog
 from ops.replay_archive import replay_archive_command
-from ops.replay_events import ONLY_CHOICES, replay_events
+from ops.replay_events import EARLIEST_DAY, LATEST_DAY, ONLY_CHOICES, replay_events
 from ops.replay_stream import replay_stream_command
 from ops.services import ServiceSet, install_stop_signals, run_services
 from ops.settings import DatabaseToolSettings, ReplaySettings, SiteToolSettings, StreamToolSettings
@@ -301,9 +301,12 @@ def _day_argument(value: str, name: str):
     from datetime import date, datetime
 
     try:
-        return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value).date()
+        day = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value).date()
     except ValueError:
         raise CommandError(f"invalid {name} {value!r}: give a day as YYYY-MM-DD") from None
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise CommandError(f"invalid {name} {value!r}: give a day from {EARLIEST_DAY} to {LATEST_DAY}")
+    return day
 
 
 async def replay(args: argparse.Namespace) -> int:

@@ -21,6 +21,12 @@ from sinks.sites import get_site
 from streams.bots import BotDetector
 
 ONLY_CHOICES = ("sessions", "rollups")
+EARLIEST_DAY = date(1999, 12, 31)
+"""First day a replay accepts. The collector stores no event before 2000-01-01 UTC, which is
+still 1999-12-31 in time zones behind UTC."""
+LATEST_DAY = date(9999, 10, 31)
+"""Last day a replay accepts, four weeks before the last day that works (9999-11-28) as a margin.
+The rebuild computes dates up to a month past the range's last day, and Python dates end at 9999-12-31."""
 
 
 def chunks(first: date, last: date, chunk_days: int | None) -> list[tuple[date, date]]:

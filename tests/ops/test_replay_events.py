@@ -144,3 +144,32 @@ async def test_sessions_only_replay_moves_rollups_with_the_sessions(imported, db
     assert after["pageviews"] == after["raw_human"] == before["pageviews"] - moved
     assert after["bot_pageviews"] == before["bot_pageviews"] + moved
     assert after["fingerprint_sessions"] == after["sessions"] == after["raw_sessions"]
+
+
+@pytest.mark.parametrize("first, last, message", [
+    ("0001-01-01", "2026-12-31", "invalid --from '0001-01-01': give a day from 1999-12-31 to 9999-10-31"),
+    ("2026-01-01", "9999-12-31", "invalid --to '9999-12-31': give a day from 1999-12-31 to 9999-10-31"),
+    ("1999-12-30", "2026-12-31", "invalid --from '1999-12-30': give a day from 1999-12-31 to 9999-10-31"),
+])
+async def test_cli_rejects_days_out_of_range(database_url, redis_url, first, last, message):
+    env = service_env(database_url, redis_url)
+
+    result = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", first, "--to", last)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("timezone_name", ["UTC", "Pacific/Kiritimati", "Etc/GMT+12"])
+async def test_cli_replays_accepted_day_limits(database_url, redis_url, timezone_name):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", timezone_name)
+    assert added.returncode == 0, added.stderr
+
+    result = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", "1999-12-31",
+                                     "--to", "9999-10-31")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"rebuilt {SITE} 1999-12-31..9999-10-31: 0 events, 0 bot flags and 0 "
+                                          "session ids changed, 0 rollup rows written"]
+
