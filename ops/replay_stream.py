@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 ENTRY_ID = re.compile(r"\d+(?:-\d+)?")
 MAX_SEQUENCE = 2**64 - 1
-"""Largest sequence number of a stream entry id."""
+"""Largest sequence number of a stream entry id, and largest millisecond part."""
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 
@@ -56,9 +56,16 @@ def parse_bound(text: str, *, end: bool = False) -> str:
     stream's ends `-` and `+` are taken as they are, inclusive. An ISO-8601 time becomes the
     entry id `ms-0` of that instant. As an end it is exclusive, so `--from 10:00 --to 11:00`
     and `--from 11:00 --to 12:00` do not overlap. A time without a UTC offset is UTC.
+    Raises InvalidBound for an id whose parts exceed Redis's unsigned 64-bit numbers and for a
+    time before 1970, which no entry id can name.
     """
     text = text.strip()
-    if text in ("-", "+") or ENTRY_ID.fullmatch(text):
+    if text in ("-", "+"):
+        return text
+    if ENTRY_ID.fullmatch(text):
+        if max(_id_tuple(text)) > MAX_SEQUENCE:
+            raise InvalidBound(f"invalid stream position {text!r}: the milliseconds and the sequence number of an "
+                               f"entry id go up to {MAX_SEQUENCE}")
         return text
     try:
         moment = datetime.fromisoformat(text)
@@ -68,7 +75,22 @@ def parse_bound(text: str, *, end: bool = False) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     unix_ms = int(moment.timestamp() * 1000)
+    if unix_ms < 0:
+        raise InvalidBound(f"invalid stream position {text!r}: give a time from 1970-01-01T00:00:00Z on, "
+                           "because entry ids count milliseconds since then")
     return f"({unix_ms}-0" if end else f"{unix_ms}-0"
+
+
+def check_range(start: str, end: str, first_text: str, last_text: str) -> None:
+    """Raise InvalidBound when the XRANGE bounds `start` and `end` admit no entry id at all.
+
+    `first_text` and `last_text` are the --from and --to values as given, for the message.
+    """
+    if start in ("-", "+") or end in ("-", "+"):
+        return
+    if _bound_tuple(start, end=False) > _bound_tuple(end, end=True):
+        raise InvalidBound(f"invalid range: --from {first_text} --to {last_text} contains no entry: give a --to "
+                           "after --from (a time as --to is exclusive)")
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
@@ -296,6 +318,7 @@ async def replay_stream_command(args: argparse.Namespace) -> int:
     try:
         start = parse_bound(args.start)
         end = parse_bound(args.end, end=True)
+        check_range(start, end, args.start, args.end)
     except InvalidBound as error:
         raise CommandError(str(error)) from None
     streams = await _existing_streams(settings, args.stream)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from ops.importer import LogImporter, newest_time, shift_for
 from ops.progress import Progress
 from ops.services import ServiceSet, run_services
-from ops.replay_stream import InvalidBound, StreamReplay, parse_bound
+from ops.replay_stream import InvalidBound, StreamReplay, check_range, parse_bound
 from sinks.processor import BatchCounts, Processor
 from sinks.settings import ProcessorSettings
 from sinks.sites import upsert_site
@@ -366,3 +366,35 @@ async def test_cli_rejects_bad_input(database_url, redis_url):
                                   "1715940000000-0 or an ISO-8601 time such as 2026-05-17T10:00:00Z")
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: stream 'weir:nosuch' not found at REDIS_URL; nothing to replay"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from", "0001-01-01"], "invalid stream position '0001-01-01': give a time from 1970-01-01T00:00:00Z on, "
+                               "because entry ids count milliseconds since then"),
+    (["--from", "99999999999999999999999-0"], "invalid stream position '99999999999999999999999-0': the "
+                                              "milliseconds and the sequence number of an entry id go up to "
+                                              "18446744073709551615"),
+    (["--from", "5-0", "--to", "1-18446744073709551616"], "invalid stream position '1-18446744073709551616': the "
+                                                          "milliseconds and the sequence number of an entry id go "
+                                                          "up to 18446744073709551615"),
+    (["--from", "5-0", "--to", "1-0"], "invalid range: --from 5-0 --to 1-0 contains no entry: give a --to after "
+                                       "--from (a time as --to is exclusive)"),
+    (["--from", "2026-05-17T10:00Z", "--to", "2026-05-17T10:00Z"],
+     "invalid range: --from 2026-05-17T10:00Z --to 2026-05-17T10:00Z contains no entry: give a --to after --from "
+     "(a time as --to is exclusive)"),
+])
+async def test_cli_rejects_bad_range_locally(database_url, redis_url, redis, args, message):
+    await redis.xadd(EVENTS_STREAM, {"probe": "1"}, id="3-0")
+
+    result = await asyncio.to_thread(run_weir, service_env(database_url, redis_url), "replay", "stream", *args)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: {message}"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["--from", "5-0", "--to", "5-0"], ["--from", "5", "--to", "5-0"]])
+def test_one_entry_range_is_accepted(args):
+    start, end = parse_bound(args[1]), parse_bound(args[3], end=True)
+
+    check_range(start, end, args[1], args[3])
