@@ -342,6 +342,12 @@ async def replay(args: argparse.Namespace) -> int:
         raise CommandError(f"rebuild failed and was rolled back: {error}") from None
     events = sum(r.events for r in reports)
     changed = sum(r.bot_flags_changed for r in reports), sum(r.session_ids_changed for r in reports)
-    print(f"rebuilt {args.site} {first}..{last}: {events} events, {changed[0]} bot flags and {changed[1]} "
-          f"session ids changed, {sum(r.rollup_rows_written for r in reports)} rollup rows written")
+    counts = (f"{events} events, {changed[0]} bot flags and {changed[1]} session ids changed, "
+              f"{sum(r.rollup_rows_written for r in reports)} rollup rows written")
+    if not reports or reports[-1].last < last:
+        # A stop request ended the run between chunks, and replay_events printed where to resume.
+        done = f"{first}..{reports[-1].last}" if reports else "no day"
+        print(f"stopped: rebuilt {args.site} {done} of {first}..{last}: {counts}")
+        return 130
+    print(f"rebuilt {args.site} {first}..{last}: {counts}")
     return 0

@@ -4,12 +4,15 @@ applies a new bot list everywhere."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+import signal
+import subprocess
+import time
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
 from ops.replay_events import replay_events
-from tests.conftest import wait_until_processed
+from tests.conftest import REPO, wait_until_processed, weir_command
 from tests.ops.test_import_logs import import_log, run_weir, service_env
 from tests.sinks.test_derived import DERIVED_SNAPSHOT, snapshot
 
@@ -173,3 +176,35 @@ async def test_cli_replays_accepted_day_limits(database_url, redis_url, timezone
     assert result.stdout.splitlines() == [f"rebuilt {SITE} 1999-12-31..9999-10-31: 0 events, 0 bot flags and 0 "
                                           "session ids changed, 0 rollup rows written"]
 
+
+async def test_cli_interrupted_replay_exits_130(database_url, redis_url, tmp_path):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+    stderr_path = tmp_path / "stderr.txt"
+
+    # Millions of one-day chunks: the run cannot finish before the signal, even on an empty site.
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(weir_command("replay", "events", "--site", SITE, "--from", "2000-01-01", "--to",
+                                                "9999-10-31", "--chunk-days", "1"),
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while "chunk 2/" not in stderr_path.read_text():
+                assert time.monotonic() < deadline, stderr_path.read_text()
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            stdout, _ = await asyncio.to_thread(process.communicate, timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert process.returncode == 130
+    resume = [line for line in stderr_path.read_text().splitlines() if line.startswith("stopped before ")]
+    assert len(resume) == 1
+    stopped_before = resume[0].removeprefix("stopped before ").split(";")[0]
+    assert resume[0] == f"stopped before {stopped_before}; resume with --from {stopped_before} --to 9999-10-31"
+    last_done = date.fromisoformat(stopped_before) - timedelta(days=1)
+    assert stdout.splitlines() == [f"stopped: rebuilt {SITE} 2000-01-01..{last_done} of 2000-01-01..9999-10-31: "
+                                   "0 events, 0 bot flags and 0 session ids changed, 0 rollup rows written"]
