@@ -1,7 +1,8 @@
 """The dead-letter stream: entries that failed MAX_DELIVERIES times, kept with their error.
 
-Requeueing copies an entry's original fields back onto the event stream and deletes it from the
-dead-letter stream in one script, so it is never in both or in neither. The event ids inside
+Requeueing deletes an entry from the dead-letter stream and copies its original fields back onto
+the event stream in one script, so it is never in both or in neither. Of two requeues of the same
+entry at once, only the one whose delete removed it adds it to the stream. The event ids inside
 are unchanged, so an entry whose events were stored after all is skipped by the sinks. On Redis
 Cluster the two streams must share a slot, as a partition's event and dead-letter streams do.
 """
@@ -19,10 +20,12 @@ _META_PREFIX = b"dead_letter_"
 
 # KEYS: the target stream, the dead-letter stream. ARGV: the dead letter's id, then the fields
 # and values to add. A script rather than MULTI/EXEC, which redis-py's cluster pipelines reject.
+# It returns nil when another requeue removed the entry first.
 _REQUEUE_SCRIPT = """
-local new_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('XDEL', KEYS[2], ARGV[1])
-return new_id
+if redis.call('XDEL', KEYS[2], ARGV[1]) == 0 then
+    return false
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
 
@@ -65,12 +68,16 @@ async def list_dead_letters(redis: RedisClient, dead_letter_stream: str, count: 
 
 async def requeue(redis: RedisClient, dead_letter_stream: str, entry_ids: list[str] | None = None,
                   target_stream: str | None = None) -> list[str]:
-    """Move dead-lettered entries (all when `entry_ids` is None) back to their stream; return new ids."""
+    """Move dead-lettered entries (all when `entry_ids` is None) back to their stream; return new ids.
+
+    An id given twice is moved once, and an entry that a concurrent requeue moved first is
+    skipped, so the result counts only the entries that this call moved.
+    """
     if entry_ids is None:
         letters = [_parse(i, f) for i, f in await redis.xrange(dead_letter_stream)]
     else:
         letters = []
-        for entry_id in entry_ids:
+        for entry_id in dict.fromkeys(entry_ids):
             found = await redis.xrange(dead_letter_stream, min=entry_id, max=entry_id)
             if not found:
                 raise KeyError(f"no entry {entry_id} in {dead_letter_stream}")
@@ -82,6 +89,10 @@ async def requeue(redis: RedisClient, dead_letter_stream: str, entry_ids: list[s
         stream = target_stream or letter.stream
         fields = [item for pair in letter.fields.items() for item in pair]
         new_id = await move(keys=[stream, dead_letter_stream], args=[letter.entry_id, *fields])
+        if new_id is None:
+            logger.info("dead letter already requeued by another run entry_id=%s original_entry_id=%s",
+                        letter.entry_id, letter.original_entry_id)
+            continue
         new_ids.append(_text(new_id))
         logger.info("dead letter requeued entry_id=%s original_entry_id=%s stream=%s new_entry_id=%s",
                     letter.entry_id, letter.original_entry_id, stream, _text(new_id))
@@ -105,7 +116,7 @@ async def requeue_all(redis: RedisClient, dead_letter_streams: list[str],
         return [new_id for stream in dead_letter_streams for new_id in await requeue(redis, stream)]
 
     by_stream: dict[str, list[str]] = {}
-    for entry_id in entry_ids:
+    for entry_id in dict.fromkeys(entry_ids):
         for stream in dead_letter_streams:
             if await redis.xrange(stream, min=entry_id, max=entry_id):
                 by_stream.setdefault(stream, []).append(entry_id)

@@ -240,6 +240,49 @@ def test_dlq_cli_lists_and_requeues(redis_url):
     assert client.xlen("weir:events:dead") == 0
 
 
+async def add_dead_letters(redis: Redis, count: int, stream: str = STREAM, dead: str = DEAD) -> list[str]:
+    return [(await redis.xadd(dead, {b"v": b"1", b"events": f'[{{"n": "d{i}"}}]'.encode(),
+                                     b"dead_letter_entry_id": f"{i + 1}-0".encode(),
+                                     b"dead_letter_stream": stream.encode(), b"dead_letter_error": b"boom",
+                                     b"dead_letter_deliveries": b"6", b"dead_letter_at_ms": b"1"})).decode()
+            for i in range(count)]
+
+
+async def test_concurrent_requeues_move_each_entry_once(redis):
+    await add_dead_letters(redis, 6)
+
+    first, second = await asyncio.gather(requeue(redis, DEAD), requeue(redis, DEAD))
+
+    assert len(first) + len(second) == 6
+    assert await redis.xlen(STREAM) == 6
+    assert await redis.xlen(DEAD) == 0
+
+
+def test_dlq_requeue_repeated_id_once(redis_url):
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    ids = asyncio.run(_add_dead_letters_at(redis_url, 2))
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
+
+    requeued = subprocess.run(weir_command("dlq", "requeue", ids[0], ids[0]), cwd=REPO, env=env,
+                              capture_output=True, text=True)
+
+    assert requeued.returncode == 0, requeued.stderr
+    assert requeued.stdout.splitlines() == ["requeued 1 entry"]
+    assert client.xlen("weir:events") == 1
+    assert [entry_id.decode() for entry_id, _ in client.xrange("weir:events:dead")] == ids[1:]
+    client.close()
+
+
+async def _add_dead_letters_at(redis_url: str, count: int) -> list[str]:
+    client = Redis.from_url(redis_url)
+    try:
+        return await add_dead_letters(client, count, "weir:events", "weir:events:dead")
+    finally:
+        await client.aclose()
+
+
 async def test_trim_never_removes_unacknowledged_entries(redis):
     ids = await add_entries(redis, 6)
     consumer = await make_consumer(redis)
