@@ -278,9 +278,15 @@ async def dead_letters(args: argparse.Namespace) -> int:
                 else:
                     print(f"{letter.entry_id}\tfrom {letter.stream} {letter.original_entry_id}\t"
                           f"deliveries {letter.deliveries}\t{letter.error}")
-            if not args.json:
-                print(f"{len(letters)} dead-lettered entr{'y' if len(letters) == 1 else 'ies'} in "
-                      f"{', '.join(dead_letter_streams)}")
+            if args.json:
+                return 0
+            total = sum([await redis.xlen(stream) for stream in dead_letter_streams])
+            streams = ", ".join(dead_letter_streams)
+            if len(letters) < total:
+                print(f"showing the oldest {len(letters)} of {total} dead-lettered entries in {streams}; "
+                      f"pass --limit {total} to see them all")
+            else:
+                print(f"{len(letters)} dead-lettered entr{'y' if len(letters) == 1 else 'ies'} in {streams}")
             return 0
 
         if not args.all and not args.entry_ids:

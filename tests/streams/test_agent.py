@@ -283,6 +283,21 @@ async def _add_dead_letters_at(redis_url: str, count: int) -> list[str]:
         await client.aclose()
 
 
+def test_dlq_list_limit_shows_total(redis_url):
+    asyncio.run(_add_dead_letters_at(redis_url, 5))
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
+
+    limited = subprocess.run(weir_command("dlq", "list", "--limit", "2"), cwd=REPO, env=env, capture_output=True,
+                             text=True)
+    whole = subprocess.run(weir_command("dlq", "list"), cwd=REPO, env=env, capture_output=True, text=True)
+
+    assert limited.returncode == 0, limited.stderr
+    assert len(limited.stdout.splitlines()) == 3
+    assert limited.stdout.splitlines()[-1] == ("showing the oldest 2 of 5 dead-lettered entries in weir:events:dead; "
+                                               "pass --limit 5 to see them all")
+    assert whole.stdout.splitlines()[-1] == "5 dead-lettered entries in weir:events:dead"
+
+
 async def test_trim_never_removes_unacknowledged_entries(redis):
     ids = await add_entries(redis, 6)
     consumer = await make_consumer(redis)
