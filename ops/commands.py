@@ -38,7 +38,7 @@ from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from weir.logs import configure_logging
 from weir.redis import REDIS_ERRORS, connect_redis
-from weir.settings import load_settings
+from weir.settings import ConfigError, load_settings
 
 
 async def run_collector(args: argparse.Namespace) -> int:
@@ -201,7 +201,9 @@ async def _has_sites_table(conn: asyncpg.Connection) -> bool:
 
 async def import_logs(args: argparse.Namespace) -> int:
     if args.dry_run:
-        return dry_run_command(args)
+        code = dry_run_command(args)
+        await _check_dry_run_site(args.site)
+        return code
     settings = load_settings(StreamToolSettings)
     configure_logging("warning")
     for path in args.paths:
@@ -236,6 +238,32 @@ async def import_logs(args: argparse.Namespace) -> int:
     if summary.lines_read and summary.malformed == summary.lines_read:
         raise CommandError(f"no line was in the {args.log_format!r} log format; check the files or pass --log-format")
     return 0
+
+
+async def _check_dry_run_site(domain: str) -> None:
+    """Raise CommandError when REDIS_URL is set and no site claims `domain`, as the import would.
+
+    Without REDIS_URL the dry run connects to nothing and checks no site. When Redis cannot be
+    reached, it prints a warning that the site was not checked and the dry run still succeeds.
+    """
+    if not os.environ.get("REDIS_URL"):
+        return
+    try:
+        settings = load_settings(StreamToolSettings)
+    except ConfigError as error:
+        print(f"warning: site {domain!r} not checked: {error}", file=sys.stderr)
+        return
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    try:
+        record = await SiteDirectory(redis).lookup(domain)
+    except REDIS_ERRORS as error:
+        print(f"warning: site {domain!r} not checked: REDIS_URL failed: {error}", file=sys.stderr)
+        return
+    finally:
+        await redis.aclose()
+    if record is None:
+        raise CommandError(f"unknown site {domain!r}: add it first with `weir site add {domain} --timezone "
+                           "Area/City`; the report shows what an import would read")
 
 
 def check_log_file(path) -> None:

@@ -1,9 +1,9 @@
 """`weir import-logs --dry-run`: what an import of access logs would write, without writing it.
 
 The dry run parses the logs with the same format and pageview rule as the import and flags
-bots with the processor's bot detector and its built-in lists (not BOT_PATTERNS_FILE). It
-connects to nothing, so it neither checks that the site exists nor runs the collector's checks
-on each event.
+bots with the processor's bot detector and its built-in lists (not BOT_PATTERNS_FILE). It runs
+none of the collector's checks on each event. `weir import-logs --dry-run` checks that the site
+exists only when REDIS_URL is set, and otherwise connects to nothing.
 NOTE: the collector's checks can still reject a line that the dry run counts as a pageview,
 such as a timestamp before 2000 or a URL over 4,096 characters. The import counts those as rejected.
 """

@@ -65,6 +65,9 @@ def test_dry_run_same_counts_in_other_formats(tmp_path, convert, log_format):
 
 async def test_dry_run_cli_writes_nothing(redis, database_url, redis_url):
     env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", "semicomplete.com", "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+    keys_before = await redis.keys()
 
     result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", "semicomplete.com", "--dry-run",
                                      "--shift-to-today", str(LOG))
@@ -79,7 +82,20 @@ async def test_dry_run_cli_writes_nothing(redis, database_url, redis_url):
     assert lines[2] == "top paths of 835:"
     assert lines[3].split() == ["572", "/"]
     assert f"malformed {LOG}:line 8899" in result.stderr
-    assert await redis.dbsize() == 0
+    assert await redis.keys() == keys_before
+
+
+async def test_dry_run_names_unknown_site(database_url, redis_url):
+    env = service_env(database_url, redis_url)
+
+    result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", "nosuch.example", "--dry-run", str(LOG))
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == ("dry run, nothing written: lines read 10000, pageviews 4173 (bots 2396), "
+                                             "skipped 5826 (not pageviews), malformed 1")
+    assert result.stderr.splitlines()[-1] == (
+        "error: unknown site 'nosuch.example': add it first with `weir site add nosuch.example --timezone "
+        "Area/City`; the report shows what an import would read")
 
 
 async def test_dry_run_needs_no_redis_url(tmp_path, database_url, redis_url):
