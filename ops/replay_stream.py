@@ -86,6 +86,9 @@ def check_range(start: str, end: str, first_text: str, last_text: str) -> None:
 
     `first_text` and `last_text` are the --from and --to values as given, for the message.
     """
+    if end not in ("-", "+") and _bound_tuple(end, end=True) < (0, 0):
+        # Redis rejects the exclusive end "(0-0" itself, so it must not get that far.
+        raise InvalidBound(f"invalid --to {last_text}: no entry id is before it, so give a later --to")
     if start in ("-", "+") or end in ("-", "+"):
         return
     if _bound_tuple(start, end=False) > _bound_tuple(end, end=True):

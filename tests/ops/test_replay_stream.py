@@ -379,6 +379,8 @@ async def test_cli_rejects_bad_input(database_url, redis_url):
                                                           "up to 18446744073709551615"),
     (["--from", "5-0", "--to", "1-0"], "invalid range: --from 5-0 --to 1-0 contains no entry: give a --to after "
                                        "--from (a time as --to is exclusive)"),
+    (["--from", "-", "--to", "1970-01-01T00:00Z"], "invalid --to 1970-01-01T00:00Z: no entry id is before it, so "
+                                                   "give a later --to"),
     (["--from", "2026-05-17T10:00Z", "--to", "2026-05-17T10:00Z"],
      "invalid range: --from 2026-05-17T10:00Z --to 2026-05-17T10:00Z contains no entry: give a --to after --from "
      "(a time as --to is exclusive)"),
