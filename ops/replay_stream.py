@@ -64,8 +64,8 @@ def parse_bound(text: str, *, end: bool = False) -> str:
         return text
     if ENTRY_ID.fullmatch(text):
         if max(_id_tuple(text)) > MAX_SEQUENCE:
-            raise InvalidBound(f"invalid stream position {text!r}: the milliseconds and the sequence number of an "
-                               f"entry id go up to {MAX_SEQUENCE}")
+            raise InvalidBound(f"invalid stream position {text!r}: give an entry id whose milliseconds and "
+                               f"sequence number are at most {MAX_SEQUENCE}")
         return text
     try:
         moment = datetime.fromisoformat(text)

@@ -371,12 +371,12 @@ async def test_cli_rejects_bad_input(database_url, redis_url):
 @pytest.mark.parametrize("args, message", [
     (["--from", "0001-01-01"], "invalid stream position '0001-01-01': give a time from 1970-01-01T00:00:00Z on, "
                                "because entry ids count milliseconds since then"),
-    (["--from", "99999999999999999999999-0"], "invalid stream position '99999999999999999999999-0': the "
-                                              "milliseconds and the sequence number of an entry id go up to "
+    (["--from", "99999999999999999999999-0"], "invalid stream position '99999999999999999999999-0': give an "
+                                              "entry id whose milliseconds and sequence number are at most "
                                               "18446744073709551615"),
-    (["--from", "5-0", "--to", "1-18446744073709551616"], "invalid stream position '1-18446744073709551616': the "
-                                                          "milliseconds and the sequence number of an entry id go "
-                                                          "up to 18446744073709551615"),
+    (["--from", "5-0", "--to", "1-18446744073709551616"], "invalid stream position '1-18446744073709551616': give "
+                                                          "an entry id whose milliseconds and sequence number are "
+                                                          "at most 18446744073709551615"),
     (["--from", "5-0", "--to", "1-0"], "invalid range: --from 5-0 --to 1-0 contains no entry: give a --to after "
                                        "--from (a time as --to is exclusive)"),
     (["--from", "-", "--to", "1970-01-01T00:00Z"], "invalid --to 1970-01-01T00:00Z: no entry id is before it, so "
