@@ -372,6 +372,10 @@ class EventBuilder:
 
 def _unknown_site(host: str) -> InvalidEvent:
     name = normalize_host(host)
+    if not name:
+        # A `site` such as "https://" is not empty but contains no host, so there is no site to name.
+        return InvalidEvent("missing_site", f"site {host[:200]!r} contains no host name: send `site` (the domain) "
+                                            "or an absolute `url`")
     return InvalidEvent("unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`")
 
 

@@ -8,6 +8,7 @@ into the hash again, so a Redis that lost its data learns the sites back.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -30,14 +31,38 @@ class Site:
         return (self.domain, *self.aliases)
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:")
+_AUTHORITY_END = re.compile(r"[/?#]")
+
+
 def normalize_host(host: str) -> str:
-    """Lower-case a host name and drop a trailing dot and port; IPv6 literals keep their colons."""
-    host = host.strip().lower().rstrip(".")
+    """Return the host name in `host`: lower-cased, without port or trailing dot.
+
+    A URL (`https://example.com/path`, any scheme, or `//example.com`) gives its host, without
+    user name or password. IPv6 literals keep their brackets and colons. Anything else is returned
+    cleaned but not checked, so a caller that takes user input must still check the result.
+    """
+    host = host.strip().lower()
+    if "/" in host:
+        host = _url_host(host)
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     if host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host
+        # Only a number counts as a port: "http:/example.com" stays whole, to be rejected, rather
+        # than becoming the host "http".
+        name, _, port = host.partition(":")
+        if not port or (port.isascii() and port.isdigit()):
+            host = name
+    return host.rstrip(".")
+
+
+def _url_host(value: str) -> str:
+    """Return the host and port of URL `value`, or `value` itself when it is not a URL with a host part."""
+    scheme, slashes, rest = value.partition("//")
+    if not slashes or (scheme and not _SCHEME.fullmatch(scheme)):
+        return value
+    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
+    return authority.rpartition("@")[2]
 
 
 class SiteDirectory:

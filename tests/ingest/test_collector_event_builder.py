@@ -31,6 +31,10 @@ INVALID_ITEMS = [
      "event has no site: send `site` (the domain) or an absolute `url`"),
     ({"site": "unknown.example", "path": "/"}, "unknown_site",
      "unknown site 'unknown.example': add it with `weir site add unknown.example --timezone Area/City`"),
+    ({"site": "http://unknown.example/x", "path": "/"}, "unknown_site",
+     "unknown site 'unknown.example': add it with `weir site add unknown.example --timezone Area/City`"),
+    ({"site": "https://", "path": "/"}, "missing_site",
+     "site 'https://' contains no host name: send `site` (the domain) or an absolute `url`"),
     ({**PAGE, "type": 3}, "invalid_field", "field 'type' must be a string, got int"),
     ({**PAGE, "type": "t" * 101}, "invalid_field", "field 'type' is 101 characters long; the limit is 100"),
     ({**PAGE, "type": "sign up"}, "invalid_field", "type 'sign up' may hold only letters, digits and _ . : -"),
@@ -102,6 +106,19 @@ async def test_single_event_built_as_in_batch(builder):
             # Random ids differ between two builds; every other field must not.
             assert dataclasses.replace(single, id=batched.id) == batched, item
             assert dataclasses.replace(now, id=batched.id) == batched, item
+
+
+@pytest.mark.parametrize("site", ["https://www.example.com/pricing", "HTTP://user:pw@Example.com:8080/",
+                                  "//www.example.com", "example.com:443"])
+async def test_site_url_picks_its_host(builder, site):
+    # The host of the URL picks the site, so "https://..." must not be cut at its colon into "https".
+    item = {"site": site, "path": "/"}
+
+    (event,), rejections = await builder.build([item], context())
+    (now,), now_rejections = builder.build_now([item], context())
+
+    assert rejections == now_rejections == []
+    assert (event.site, now.site) == ("example.com", "example.com")
 
 
 async def test_single_event_fields_exact(builder, redis_client):
