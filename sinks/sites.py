@@ -29,9 +29,10 @@ def is_host_name(host: str) -> bool:
 
 def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     """Return the normalised Site; raise InvalidSite naming the bad value."""
-    domain = normalize_host(domain)
+    typed, domain = domain, normalize_host(domain)
     if not is_host_name(domain):
-        shown = domain if len(domain) <= 80 else domain[:77] + "..."
+        # The message shows the value as typed: for "http://" the normalised host is empty.
+        shown = typed if len(typed) <= 80 else typed[:77] + "..."
         raise InvalidSite(f"invalid domain {shown!r}: give a host name such as example.com "
                           f"(letters, digits, hyphens and dots, at most {MAX_HOST_CHARS} characters)")
     try:
@@ -42,7 +43,8 @@ def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     for alias in aliases:
         host = normalize_host(alias)
         if not is_host_name(host):
-            raise InvalidSite(f"invalid alias {alias!r}: give a host name such as www.{domain}")
+            shown = alias if len(alias) <= 80 else alias[:77] + "..."
+            raise InvalidSite(f"invalid alias {shown!r}: give a host name such as www.{domain}")
         if host != domain and host not in cleaned:
             cleaned.append(host)
     return Site(domain, timezone, tuple(cleaned))

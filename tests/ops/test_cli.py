@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 
+import aiohttp
 import pytest
 
 from ops.cli import build_parser
 from ops.commands import up_host
-from tests.conftest import REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free_port, weir_command
+from tests.conftest import (API_KEY, REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free_port, wait_until_processed,
+                            weir_command)
 
 SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
                ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"], ["dlq", "list"], ["dlq", "requeue"],
@@ -133,13 +136,39 @@ def test_malformed_url_is_one_line_exit_2(args, env, expected):
     assert result.stderr.startswith(f"error: {expected}")
 
 
-@pytest.mark.parametrize("domain", ["x" * 300 + ".com", "bad..domain", "semi%complete.com", "trail-.example"])
+@pytest.mark.parametrize("domain", ["x" * 300 + ".com", "bad..domain", "semi%complete.com", "trail-.example",
+                                    "http://", "http:/foo.example", "foo.example/path"])
 def test_site_add_rejects_names_that_are_not_hosts(database_url, redis_url, domain):
     result = run(["site", "add", domain, "--timezone", "UTC"], bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url))
 
     assert result.returncode == 1
     assert result.stderr.startswith("error: invalid domain ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_site_add_error_shows_typed_value(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    domain = run(["site", "add", "https://", "--timezone", "UTC"], env)
+    alias = run(["site", "add", "a.example", "--timezone", "UTC", "--alias", "http:/www.a.example"], env)
+    listed = run(["site", "list"], env)
+
+    assert (domain.returncode, domain.stderr) == (1, "error: invalid domain 'https://': give a host name such as "
+                                                     "example.com (letters, digits, hyphens and dots, at most 253 "
+                                                     "characters)\n")
+    assert (alias.returncode, alias.stderr) == (1, "error: invalid alias 'http:/www.a.example': give a host name "
+                                                   "such as www.a.example\n")
+    assert listed.stdout == ""
+
+
+def test_site_add_url_gives_host(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    added = run(["site", "add", "--timezone", "UTC", "http://foo.example/path", "--alias", "https://www.x.com/",
+                 "--alias", "HTTPS://user@Shop.Foo.Example:8443/?q=1"], env)
+    listed = run(["site", "list"], env)
+
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "site foo.example ready (time zone UTC, aliases: shop.foo.example, www.x.com)\n"
+    assert listed.stdout == "foo.example\tUTC\taliases: shop.foo.example, www.x.com\n"
 
 
 def test_import_of_directory_or_binary_file_is_refused(stack, tmp_path):
@@ -157,6 +186,27 @@ def test_import_of_directory_or_binary_file_is_refused(stack, tmp_path):
     assert garbage.stderr.strip().splitlines()[-1] == (
         "error: no line was in the 'combined' log format; check the files or pass --log-format")
     assert len(garbage.stderr.splitlines()) < 30
+
+
+async def test_site_url_in_import_and_api(stack, tmp_path, db, redis):
+    env = bare_env(REDIS_URL=stack.redis_url, DATABASE_URL=stack.database_url)
+    log = tmp_path / "access.log"
+    log.write_text('67.214.178.190 - - [17/May/2015:10:05:48 +0000] "GET / HTTP/1.0" 200 37932 "-" '
+                   '"Mozilla/5.0 (Macintosh; Intel Mac OS X 10.7; rv:21.0) Gecko/20100101 Firefox/21.0"\n')
+    added = await asyncio.to_thread(run, ["site", "add", "imp.example", "--timezone", "UTC"], env)
+
+    imported = await asyncio.to_thread(run, ["import-logs", "--site", "https://imp.example/", str(log)], env)
+    await wait_until_processed(redis)
+    stored = await db.fetch("SELECT site, event_action FROM raw_events")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with http.get(f"{stack.api_url}/api/overview", params={"site": "https://imp.example",
+                                                                      "from": "2015-05-17", "to": "2015-05-17"}) as response:
+            status, overview = response.status, await response.json()
+
+    assert added.returncode == 0, added.stderr
+    assert imported.returncode == 0, imported.stderr
+    assert [(r["site"], r["event_action"]) for r in stored] == [("imp.example", "/")]
+    assert (status, overview["site"], overview["pageviews"]) == (200, "imp.example", 1)
 
 
 # Mistakes a newcomer makes on the command line. A bad flag value should be rejected before any
