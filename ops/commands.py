@@ -32,7 +32,7 @@ from sinks.processor import Processor, tune_garbage_collection
 from sinks.rebuild import RangeBeforeRawEvents
 from sinks.settings import ProcessorSettings
 from streams.bots import read_bot_patterns
-from sinks.sites import InvalidSite, get_site, load_sites, publish_sites, upsert_site, validate_site
+from sinks.sites import InvalidSite, add_site, get_site, load_sites, publish_sites, validate_site
 from streams.dead_letter import list_all_dead_letters, requeue_all
 from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
@@ -182,7 +182,10 @@ async def site(args: argparse.Namespace) -> int:
             record = validate_site(args.domain, args.timezone, args.alias)
         except InvalidSite as error:
             raise CommandError(str(error)) from None
-        await upsert_site(conn, record)
+        try:
+            await add_site(conn, record)
+        except InvalidSite as error:
+            raise CommandError(str(error)) from None
         await publish_sites(conn, SiteDirectory(redis))
         stored = await get_site(conn, record.domain)
         print(f"site {stored.domain} ready (time zone {stored.timezone}, aliases: {', '.join(stored.aliases) or '-'})")

@@ -50,6 +50,46 @@ def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     return Site(domain, timezone, tuple(cleaned))
 
 
+def host_conflict(site: Site, stored: list[Site]) -> str | None:
+    """Return why `site` cannot be stored beside the `stored` sites, or None when none of its hosts is taken.
+
+    A host belongs to one site only: an alias must not be another site's domain or alias, and a new
+    domain must not be another site's alias. A domain that is stored already is not checked again,
+    so a site stored with such a conflict by an older version can still change its time zone.
+    """
+    existing = any(other.domain == site.domain for other in stored)
+    for other in stored:
+        if other.domain == site.domain:
+            continue
+        # Rows written by older versions may contain aliases in another spelling.
+        other_aliases = {normalize_host(alias) for alias in other.aliases}
+        if not existing and site.domain in other_aliases:
+            return (f"domain {site.domain!r} is already an alias of site {other.domain!r}: a host belongs to one "
+                    f"site only, so add aliases to {other.domain!r} instead, or first remove {site.domain!r} "
+                    f"from its aliases in the sites table")
+        for alias in site.aliases:
+            if alias == other.domain:
+                return (f"alias {alias!r} is the domain of site {other.domain!r}: a host belongs to one site only, "
+                        f"so drop --alias {alias}")
+            if alias in other_aliases:
+                return (f"alias {alias!r} is already an alias of site {other.domain!r}: a host belongs to one "
+                        f"site only, so drop --alias {alias}, or first remove it from the aliases of "
+                        f"{other.domain!r} in the sites table")
+    return None
+
+
+async def add_site(conn: asyncpg.Connection, site: Site) -> None:
+    """Store `site` as upsert_site does; raise InvalidSite, changing nothing, when another site owns one of its hosts."""
+    async with conn.transaction():
+        # The lock lets one `weir site add` at a time check and write, so two of them cannot both
+        # find a host free and claim it. Readers of the table do not wait for it.
+        await conn.execute("LOCK TABLE sites IN SHARE ROW EXCLUSIVE MODE")
+        conflict = host_conflict(site, await load_sites(conn))
+        if conflict is not None:
+            raise InvalidSite(conflict)
+        await upsert_site(conn, site)
+
+
 async def upsert_site(conn: asyncpg.Connection, site: Site) -> None:
     """Insert `site` or update its time zone and add its aliases."""
     await conn.execute(

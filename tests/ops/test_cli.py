@@ -8,10 +8,13 @@ import os
 import subprocess
 
 import aiohttp
+import orjson
 import pytest
+from redis import Redis as SyncRedis
 
 from ops.cli import build_parser
 from ops.commands import up_host
+from streams.keys import SITES_HASH
 from tests.conftest import (API_KEY, REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free_port, wait_until_processed,
                             weir_command)
 
@@ -186,6 +189,73 @@ def test_import_of_directory_or_binary_file_is_refused(stack, tmp_path):
     assert garbage.stderr.strip().splitlines()[-1] == (
         "error: no line was in the 'combined' log format; check the files or pass --log-format")
     assert len(garbage.stderr.splitlines()) < 30
+
+
+def site_hash(redis_url: str) -> dict[str, str]:
+    """Return the collector's site directory in Redis as host to domain."""
+    client = SyncRedis.from_url(redis_url)
+    try:
+        return {host.decode(): orjson.loads(record)["domain"] for host, record in client.hgetall(SITES_HASH).items()}
+    finally:
+        client.close()
+
+
+def test_site_add_rejects_alias_of_another_domain(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    victim = run(["site", "add", "--timezone", "UTC", "victim.example"], env)
+
+    hijack = run(["site", "add", "--timezone", "UTC", "zz-hijack.example", "--alias", "victim.example"], env)
+    listed = run(["site", "list"], env)
+
+    assert victim.returncode == 0, victim.stderr
+    assert hijack.returncode == 1
+    assert hijack.stdout == ""
+    assert hijack.stderr == ("error: alias 'victim.example' is the domain of site 'victim.example': a host belongs "
+                             "to one site only, so drop --alias victim.example\n")
+    assert listed.stdout == "victim.example\tUTC\taliases: -\n"
+    assert site_hash(redis_url) == {"victim.example": "victim.example"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["b.example", "--alias", "www.a.example"],
+     "alias 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so drop "
+     "--alias www.a.example, or first remove it from the aliases of 'a.example' in the sites table"),
+    (["b.example", "--alias", "https://WWW.A.example/"],
+     "alias 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so drop "
+     "--alias www.a.example, or first remove it from the aliases of 'a.example' in the sites table"),
+    (["www.a.example"],
+     "domain 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so add "
+     "aliases to 'a.example' instead, or first remove 'www.a.example' from its aliases in the sites table"),
+    (["b.example", "--alias", "ok.b.example", "--alias", "a.example"],
+     "alias 'a.example' is the domain of site 'a.example': a host belongs to one site only, so drop "
+     "--alias a.example"),
+], ids=["alias-of-alias", "alias-url", "domain-is-alias", "second-alias"])
+def test_site_add_rejects_host_of_another_site(database_url, redis_url, args, message):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    first = run(["site", "add", "--timezone", "UTC", "a.example", "--alias", "www.a.example"], env)
+
+    result = run(["site", "add", "--timezone", "Europe/Berlin", *args], env)
+    listed = run(["site", "list"], env)
+
+    assert first.returncode == 0, first.stderr
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+    assert listed.stdout == "a.example\tUTC\taliases: www.a.example\n"
+    assert site_hash(redis_url) == {"a.example": "a.example", "www.a.example": "a.example"}
+
+
+def test_site_add_again_keeps_own_hosts(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    run(["site", "add", "--timezone", "UTC", "a.example", "--alias", "www.a.example"], env)
+    run(["site", "add", "--timezone", "UTC", "b.example"], env)
+
+    again = run(["site", "add", "--timezone", "Europe/Berlin", "a.example", "--alias", "www.a.example",
+                 "--alias", "shop.a.example"], env)
+    listed = run(["site", "list"], env)
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "site a.example ready (time zone Europe/Berlin, aliases: shop.a.example, www.a.example)\n"
+    assert listed.stdout == ("a.example\tEurope/Berlin\taliases: shop.a.example, www.a.example\n"
+                             "b.example\tUTC\taliases: -\n")
 
 
 async def test_site_url_in_import_and_api(stack, tmp_path, db, redis):
