@@ -1,0 +1,66 @@
+"""The sites table: rows that share a host, as older versions of `weir site add` stored them,
+and concurrent adds that claim one host."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import asyncpg
+import pytest
+
+from sinks.guard import run_guard
+from sinks.sites import InvalidSite, add_site, load_sites
+from streams.sites import Site
+
+# Stored as an older `weir site add` allowed: zz-hijack.example lists the domain of
+# victim.example as an alias, and a.example, added first, shares www.shared.example with it.
+LEGACY_ROWS = [
+    ("a.example", ["www.shared.example"], datetime(2024, 1, 1, tzinfo=timezone.utc)),
+    ("victim.example", [], datetime(2024, 2, 1, tzinfo=timezone.utc)),
+    ("zz-hijack.example", ["victim.example", "www.shared.example", "www.zz-hijack.example"],
+     datetime(2025, 1, 1, tzinfo=timezone.utc)),
+]
+
+
+async def store_legacy_rows(db: asyncpg.Connection) -> None:
+    await run_guard(db, apply=True)
+    await db.executemany("INSERT INTO sites (domain, timezone, aliases, created_at) VALUES ($1, 'UTC', $2, $3)",
+                         LEGACY_ROWS)
+
+
+async def test_add_site_updates_legacy_conflicting_domain(db):
+    # victim.example is already a site, so adding it again only changes its time zone. The
+    # conflicting alias belongs to the row of zz-hijack.example, which an operator must fix.
+    await store_legacy_rows(db)
+
+    await add_site(db, Site("victim.example", "Europe/Berlin"))
+
+    sites = {site.domain: site for site in await load_sites(db)}
+    assert sites["victim.example"] == Site("victim.example", "Europe/Berlin", ())
+
+
+async def test_add_site_waits_for_concurrent_add(db, database_url):
+    await run_guard(db, apply=True)
+    other = await asyncpg.connect(database_url)
+    try:
+        # `other` holds the lock that add_site takes while it writes a site with alias www.x.example.
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute("LOCK TABLE sites IN SHARE ROW EXCLUSIVE MODE")
+        await other.execute("INSERT INTO sites (domain, aliases) VALUES ('x.example', '{www.x.example}')")
+        adding = asyncio.create_task(add_site(db, Site("y.example", "UTC", ("www.x.example",))))
+        await asyncio.sleep(0.5)
+        waited = not adding.done()
+        await transaction.commit()
+
+        with pytest.raises(InvalidSite) as rejected:
+            await adding
+    finally:
+        await other.close()
+
+    assert waited
+    assert str(rejected.value) == ("alias 'www.x.example' is already an alias of site 'x.example': a host belongs "
+                                   "to one site only, so drop --alias www.x.example, or first remove it from the "
+                                   "aliases of 'x.example' in the sites table")
+    assert [site.domain for site in await load_sites(db)] == ["x.example"]
