@@ -101,8 +101,10 @@ async def upsert_site(conn: asyncpg.Connection, site: Site) -> None:
     )
 
 
-async def load_sites(conn: asyncpg.Connection) -> list[Site]:
-    rows = await conn.fetch("SELECT domain, timezone, aliases FROM sites ORDER BY domain")
+async def load_sites(conn: asyncpg.Connection, oldest_first: bool = False) -> list[Site]:
+    """Return every site, by domain, or with `oldest_first` by the time each was added."""
+    order = "created_at, domain" if oldest_first else "domain"
+    rows = await conn.fetch(f"SELECT domain, timezone, aliases FROM sites ORDER BY {order}")
     return [Site(r["domain"], r["timezone"], tuple(sorted(r["aliases"]))) for r in rows]
 
 
@@ -112,8 +114,11 @@ async def get_site(conn: asyncpg.Connection, domain: str) -> Site | None:
 
 
 async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> int:
-    """Copy every row of `sites` into the Redis directory the collector reads; return the count."""
-    sites = await load_sites(conn)
+    """Copy every row of `sites` into the Redis directory the collector reads; return the count.
+
+    Where an older version let two sites list the same alias, the site added first keeps it.
+    """
+    sites = await load_sites(conn, oldest_first=True)
     await directory.publish(sites)
     logger.info("site directory published sites=%d", len(sites))
     return len(sites)

@@ -8,6 +8,7 @@ into the hash again, so a Redis that lost its data learns the sites back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import orjson
 from redis.asyncio import Redis
 
 from streams.keys import SITES_HASH
+
+logger = logging.getLogger(__name__)
 
 CACHE_TTL_S = 5.0
 """How long a collector trusts its copy of the directory; a new site is accepted within this."""
@@ -78,12 +81,29 @@ class SiteDirectory:
         self._reload_lock = asyncio.Lock()
 
     async def publish(self, sites: list[Site]) -> None:
-        """Write `sites` (each under its domain and every alias) into the Redis hash."""
-        mapping: dict[str, bytes] = {}
+        """Write `sites` (each under its domain and every alias) into the Redis hash.
+
+        Each host maps to one site. A site's domain always maps to that site, even where another
+        site lists it as an alias, and an alias listed by two sites goes to the one earlier in
+        `sites`. `weir site add` rejects both conflicts, so they come only from rows stored
+        before it did, and each is logged as a warning.
+        """
+        owners = {normalize_host(site.domain): site for site in sites}
         for site in sites:
-            record = orjson.dumps({"domain": site.domain, "timezone": site.timezone, "aliases": list(site.aliases)})
-            for host in site.hosts():
-                mapping[normalize_host(host)] = record
+            for alias in site.aliases:
+                host = normalize_host(alias)
+                owner = owners.setdefault(host, site)
+                if owner.domain == site.domain:
+                    continue
+                if normalize_host(owner.domain) == host:
+                    logger.warning("alias is another site's domain; the domain keeps it host=%s site=%s alias_of=%s",
+                                   host, owner.domain, site.domain)
+                else:
+                    logger.warning("alias is listed by two sites; the first keeps it host=%s site=%s alias_of=%s",
+                                   host, owner.domain, site.domain)
+        records = {site.domain: orjson.dumps({"domain": site.domain, "timezone": site.timezone,
+                                              "aliases": list(site.aliases)}) for site in sites}
+        mapping = {host: records[site.domain] for host, site in owners.items()}
         if mapping:
             await self._redis.hset(SITES_HASH, mapping=mapping)
         self._loaded_at = float("-inf")

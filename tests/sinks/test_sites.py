@@ -1,17 +1,22 @@
-"""The sites table: rows that share a host, as older versions of `weir site add` stored them,
-and concurrent adds that claim one host."""
+"""The sites table against the Redis directory: rows that share a host, as older versions of
+`weir site add` stored them, and concurrent adds that claim one host."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timezone
 
+import aiohttp
 import asyncpg
+import orjson
 import pytest
 
 from sinks.guard import run_guard
-from sinks.sites import InvalidSite, add_site, load_sites
-from streams.sites import Site
+from sinks.sites import InvalidSite, add_site, load_sites, publish_sites
+from streams.keys import SITES_HASH
+from streams.sites import Site, SiteDirectory
+from tests.conftest import wait_until_processed
 
 # Stored as an older `weir site add` allowed: zz-hijack.example lists the domain of
 # victim.example as an alias, and a.example, added first, shares www.shared.example with it.
@@ -21,12 +26,67 @@ LEGACY_ROWS = [
     ("zz-hijack.example", ["victim.example", "www.shared.example", "www.zz-hijack.example"],
      datetime(2025, 1, 1, tzinfo=timezone.utc)),
 ]
+EXPECTED_DIRECTORY = {
+    "a.example": "a.example",
+    "www.shared.example": "a.example",
+    "victim.example": "victim.example",
+    "zz-hijack.example": "zz-hijack.example",
+    "www.zz-hijack.example": "zz-hijack.example",
+}
+EXPECTED_WARNINGS = [
+    "alias is another site's domain; the domain keeps it host=victim.example site=victim.example "
+    "alias_of=zz-hijack.example",
+    "alias is listed by two sites; the first keeps it host=www.shared.example site=a.example "
+    "alias_of=zz-hijack.example",
+]
 
 
 async def store_legacy_rows(db: asyncpg.Connection) -> None:
     await run_guard(db, apply=True)
     await db.executemany("INSERT INTO sites (domain, timezone, aliases, created_at) VALUES ($1, 'UTC', $2, $3)",
                          LEGACY_ROWS)
+
+
+async def directory_hash(redis) -> dict[str, str]:
+    return {host.decode(): orjson.loads(record)["domain"] for host, record in (await redis.hgetall(SITES_HASH)).items()}
+
+
+async def test_publish_gives_domain_precedence_over_alias(db, redis, caplog):
+    await store_legacy_rows(db)
+    directory = SiteDirectory(redis)
+
+    with caplog.at_level(logging.WARNING, logger="streams.sites"):
+        published = await publish_sites(db, directory)
+
+    assert published == 3
+    assert await directory_hash(redis) == EXPECTED_DIRECTORY
+    assert (await directory.lookup("victim.example")).domain == "victim.example"
+    assert (await directory.lookup("https://www.shared.example/")).domain == "a.example"
+    assert [r.getMessage() for r in caplog.records if r.name == "streams.sites"] == EXPECTED_WARNINGS
+
+
+async def test_publish_overwrites_hijacked_entry(db, redis):
+    await store_legacy_rows(db)
+    # What the older publish left in Redis: the later site in domain order took both shared hosts.
+    hijack = orjson.dumps({"domain": "zz-hijack.example", "timezone": "UTC", "aliases": []})
+    await redis.hset(SITES_HASH, mapping={"victim.example": hijack, "www.shared.example": hijack})
+
+    await publish_sites(db, SiteDirectory(redis))
+
+    assert await directory_hash(redis) == EXPECTED_DIRECTORY
+
+
+async def test_collector_stores_event_under_domain(stack, db, redis):
+    await store_legacy_rows(db)
+    await publish_sites(db, SiteDirectory(redis))
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.collector_url}/collect",
+                             json={"site": "victim.example", "url": "https://victim.example/"}) as response:
+            assert response.status == 202, await response.text()
+    await wait_until_processed(redis)
+
+    assert await db.fetch("SELECT site FROM raw_events") == [("victim.example",)]
 
 
 async def test_add_site_updates_legacy_conflicting_domain(db):
