@@ -100,7 +100,7 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
                                        "run `weir schema check`, then restart a processor to repair it")
         response.headers["Retry-After"] = "30"
     except TimeoutError as error:
-        # Before OSError, of which TimeoutError is a subclass: a database that answers too slowly is not down.
+        # Before OSError, of which TimeoutError is a subclass, because a slow database is not a down one.
         timeout_s = request.app[SETTINGS_KEY].QUERY_TIMEOUT_S
         logger.error("database query timed out method=%s path=%s timeout_s=%g error=%r",
                      request.method, request.path, timeout_s, error)
@@ -112,7 +112,7 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = error_response(503, "the database is unreachable; retry shortly")
         response.headers["Retry-After"] = "5"
     except REDIS_ERRORS as error:
-        # Reports fall back to the database when the cache fails; only the live counters live in Redis alone.
+        # Reports fall back to the database when the cache fails, so only the live counters get here.
         logger.error("redis unreachable method=%s path=%s error=%r", request.method, request.path, error)
         response = error_response(503, "Redis is unreachable, so the live counters cannot be read; retry shortly")
         response.headers["Retry-After"] = "5"

@@ -18,7 +18,7 @@ class ApiSettings(ServiceSettings):
     HOST: str = Field("0.0.0.0", description="address to listen on")
     CACHE_TTL_S: int = Field(10, ge=0, description="seconds a response stays in the Redis cache; 0 turns the cache off")
     STALE_AFTER_S: int = Field(300, ge=1, description="seconds a table may stop moving while events wait before responses warn that it is stale")
-    QUERY_TIMEOUT_S: float = Field(10.0, gt=0, description="seconds one database query may take before the request answers 503, so a PostgreSQL that hangs cannot hold requests for minutes")
+    QUERY_TIMEOUT_S: float = Field(10.0, gt=0, description="seconds one database query may take before the request gets a 503, so a PostgreSQL that hangs cannot hold requests for minutes")
 
     @field_validator("API_KEYS")
     @classmethod
