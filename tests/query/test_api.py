@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from query.api import POOL_KEY, create_api_app
+from query.settings import ApiSettings
+from sinks.guard import run_guard
 from sinks.sites import upsert_site
 from streams.sites import Site, SiteDirectory
-from tests.conftest import API_KEY, wait_until_processed
+from tests.conftest import API_KEY, free_port, wait_until_processed
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -116,13 +122,6 @@ async def test_bot_pageviews_are_kept_out_of_visitors(stack, db, redis):
 
 
 async def test_api_reads_from_read_url_and_never_writes(database_url, redis_url, db):
-    from aiohttp import web
-
-    from query.api import POOL_KEY, create_api_app
-    from query.settings import ApiSettings
-    from sinks.guard import run_guard
-    from tests.conftest import free_port
-
     await run_guard(db, timescaledb="off")
     await upsert_site(db, Site("r.example", "UTC"))
     port = free_port()
@@ -167,86 +166,57 @@ async def test_nul_in_a_parameter_is_400(stack, db, redis):
     assert body["parameter"] == "filter"
 
 
-async def test_database_down_is_503_with_retry_after(database_url, redis_url, db):
-    from aiohttp import web
-
-    from query.api import create_api_app
-    from query.settings import ApiSettings
-    from tests.conftest import free_port
-
+@contextlib.asynccontextmanager
+async def running_api(database_url: str, redis_url: str, **settings) -> AsyncIterator[tuple[web.Application, str]]:
+    """Run an API app on a free port of 127.0.0.1; yield it and its base URL."""
     port = free_port()
     app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url, REDIS_URL=redis_url,
-                                     API_KEYS=API_KEY, PORT=port))
+                                     API_KEYS=API_KEY, PORT=port, **settings))
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        # Closing every pooled connection under the API stands in for a database that went away.
-        from query.api import POOL_KEY
-        await app[POOL_KEY].close()
-        async with aiohttp.ClientSession(headers=AUTH) as http:
-            async with http.get(f"http://127.0.0.1:{port}/api/sites") as response:
-                status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
+        yield app, f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def get_unavailable(url: str, path: str, params: dict | None = None) -> tuple[int, str | None, dict]:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.get(f"{url}{path}", params=params) as response:
+            return response.status, response.headers.get("Retry-After"), await response.json()
+
+
+async def test_database_down_is_503_with_retry_after(database_url, redis_url, db):
+    async with running_api(database_url, redis_url) as (app, url):
+        # Closing every pooled connection under the API stands in for a database that went away.
+        await app[POOL_KEY].close()
+        status, retry, body = await get_unavailable(url, "/api/sites")
 
     assert (status, retry) == (503, "5")
     assert body == {"error": "the database is unreachable; retry shortly"}
 
 
 async def test_live_with_redis_down_is_503(database_url, db):
-    from aiohttp import web
-
-    from query.api import create_api_app
-    from query.settings import ApiSettings
-    from tests.conftest import free_port
-
-    from sinks.guard import run_guard
-
     await run_guard(db, timescaledb="off")
     await upsert_site(db, Site("live.example", "UTC"))
-    port = free_port()
+
     # Nothing listens on this port, so every Redis command fails to connect.
-    app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url,
-                                     REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", API_KEYS=API_KEY, PORT=port))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession(headers=AUTH) as http:
-            async with http.get(f"http://127.0.0.1:{port}/api/live", params={"site": "live.example"}) as response:
-                status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
-    finally:
-        await runner.cleanup()
+    async with running_api(database_url, f"redis://127.0.0.1:{free_port()}/0") as (_app, url):
+        status, retry, body = await get_unavailable(url, "/api/live", {"site": "live.example"})
 
     assert (status, retry) == (503, "5")
     assert body == {"error": "Redis is unreachable, so the live counters cannot be read; retry shortly"}
 
 
 async def test_query_over_timeout_is_503(database_url, redis_url, db):
-    from aiohttp import web
-
-    from query.api import create_api_app
-    from query.settings import ApiSettings
-    from sinks.guard import run_guard
-    from tests.conftest import free_port
-
     await run_guard(db, timescaledb="off")
-    port = free_port()
-    app = create_api_app(ApiSettings(NODE_ENV="production", DATABASE_URL=database_url, REDIS_URL=redis_url,
-                                     API_KEYS=API_KEY, PORT=port, QUERY_TIMEOUT_S=0.5))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+
+    async with running_api(database_url, redis_url, QUERY_TIMEOUT_S=0.5) as (_app, url):
         # A lock that a migration could hold stands in for a PostgreSQL that stopped answering.
         async with db.transaction():
             await db.execute("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE")
-            async with aiohttp.ClientSession(headers=AUTH) as http:
-                async with http.get(f"http://127.0.0.1:{port}/api/sites") as response:
-                    status, retry, body = response.status, response.headers.get("Retry-After"), await response.json()
-    finally:
-        await runner.cleanup()
+            status, retry, body = await get_unavailable(url, "/api/sites")
 
     assert (status, retry) == (503, "5")
     assert body == {"error": "the database did not answer within 0.5 s (QUERY_TIMEOUT_S); retry shortly, "
