@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import asyncpg
 
@@ -27,6 +27,28 @@ def is_host_name(host: str) -> bool:
     return 0 < len(host) <= MAX_HOST_CHARS and all(_LABEL.match(label) for label in host.split("."))
 
 
+HOST_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Names in the zone database that are not a place's time: `localtime` and `posixrules` are
+whatever the machine that reads them sets, and `Factory` is a placeholder for "no zone set"."""
+
+
+def check_site_timezone(timezone: str) -> None:
+    """Raise InvalidSite unless `timezone` is an IANA zone that means the same on every machine."""
+    try:
+        ZoneInfo(timezone)
+        known = timezone not in HOST_DEPENDENT_ZONES
+    except (ZoneInfoNotFoundError, ValueError):
+        known = False
+    if known:
+        return
+    hint = "use an IANA name such as Europe/Berlin or UTC"
+    matches = [name for name in available_timezones() if name.lower() == timezone.lower()]
+    if matches and matches[0] not in HOST_DEPENDENT_ZONES:
+        # Zone names are case-sensitive on Linux, so `utc` is unknown although `UTC` is not.
+        hint = f"did you mean {matches[0]!r}? Zone names are case-sensitive"
+    raise InvalidSite(f"unknown time zone {timezone!r}: {hint}")
+
+
 def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     """Return the normalised Site; raise InvalidSite naming the bad value."""
     typed, domain = domain, normalize_host(domain)
@@ -35,10 +57,7 @@ def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
         shown = typed if len(typed) <= 80 else typed[:77] + "..."
         raise InvalidSite(f"invalid domain {shown!r}: give a host name such as example.com "
                           f"(letters, digits, hyphens and dots, at most {MAX_HOST_CHARS} characters)")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidSite(f"unknown time zone {timezone!r}: use an IANA name such as Europe/Berlin or UTC") from None
+    check_site_timezone(timezone)
     cleaned = []
     for alias in aliases:
         host = normalize_host(alias)

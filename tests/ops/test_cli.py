@@ -111,6 +111,21 @@ def test_site_add_rejects_unknown_timezone(database_url, redis_url):
                                      "use an IANA name such as Europe/Berlin or UTC")
 
 
+@pytest.mark.parametrize(("zone", "error"), [
+    ("utc", "error: unknown time zone 'utc': did you mean 'UTC'? Zone names are case-sensitive"),
+    ("europe/berlin", "error: unknown time zone 'europe/berlin': did you mean 'Europe/Berlin'? "
+                      "Zone names are case-sensitive"),
+    ("localtime", "error: unknown time zone 'localtime': use an IANA name such as Europe/Berlin or UTC"),
+    ("Factory", "error: unknown time zone 'Factory': use an IANA name such as Europe/Berlin or UTC"),
+])
+def test_site_add_rejects_host_zones_and_case(database_url, redis_url, zone, error):
+    result = run(["site", "add", "example.com", "--timezone", zone], bare_env(DATABASE_URL=database_url,
+                                                                              REDIS_URL=redis_url))
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == error
+
+
 def test_site_add_then_list(database_url, redis_url):
     env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
     added = run(["site", "add", "Example.COM", "--timezone", "Europe/Berlin", "--alias", "www.example.com"], env)
