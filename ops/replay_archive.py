@@ -265,6 +265,8 @@ class ArchiveReplayReport:
     last_entry_ids: dict[str, str] = field(default_factory=dict)
     """The newest entry queued on each stream."""
     stopped: bool = False
+    truncated: list[str] = field(default_factory=list)
+    """One message per file whose gzip data ended early or was corrupt; its earlier lines were read."""
 
     def line(self) -> str:
         newly = "not counted" if self.newly_stored is None else str(self.newly_stored)
@@ -329,6 +331,7 @@ class ArchiveReplay:
                 break
             except TruncatedFile as error:
                 self.report.malformed += 1
+                self.report.truncated.append(f"{source.name}: {error}")
                 self._problem(f"malformed {source.name}: {error}")
                 break
             except OSError as error:
@@ -523,7 +526,7 @@ async def _acknowledged_through(redis: RedisClient, stream: str, group: dict, la
 
 
 async def replay_archive_command(args: argparse.Namespace) -> int:
-    """Run `weir replay archive`; exit 0 when every file was read, 130 when stopped (with a resume file)."""
+    """Run `weir replay archive`; exit 0 when every file was read, 1 when a gzip file was truncated, 130 when stopped."""
     settings = load_settings(ArchiveReplaySettings)
     configure_logging("warning")
     state = _initial_state(args)
@@ -571,7 +574,13 @@ async def replay_archive_command(args: argparse.Namespace) -> int:
         await redis.aclose()
 
     print(report.line())
-    return _finish_resume(args, state, report)
+    status = _finish_resume(args, state, report)
+    if status == 0 and report.truncated:
+        # The other files were read in full, so a rerun of the repaired file is all that is missing.
+        others = f" (and {len(report.truncated) - 1} more files)" if len(report.truncated) > 1 else ""
+        raise CommandError(f"{report.truncated[0]}{others}; its earlier lines were queued, and replaying the "
+                           "repaired file again skips them by their ids")
+    return status
 
 
 def _initial_state(args: argparse.Namespace) -> ResumeState:

@@ -263,6 +263,23 @@ async def test_truncated_gzip_reported_rest_loaded(redis, db, tmp_path):
     assert replay.report.queued >= 3
     assert f"malformed {path}: gzip data is truncated or corrupt after line" in problems.getvalue()
     assert any(event.action == "/p/500" for event, _ in await stream_events(redis))
+    assert [message.split(" after line")[0] for message in replay.report.truncated] == [
+        f"{path}: gzip data is truncated or corrupt"]
+
+
+async def test_truncated_gzip_exits_1(database_url, redis_url, tmp_path):
+    path = tmp_path / "cut.ndjson.gz"
+    member = gzip.compress(b"".join(archive_line(make_event(n, int(time.time() * 1000))) for n in range(200)))
+    path.write_bytes(member[: len(member) // 2])
+
+    result = await asyncio.to_thread(run_weir, service_env(database_url, redis_url), "replay", "archive",
+                                     "--no-wait", str(path))
+
+    assert result.returncode == 1
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: {path}: gzip data is truncated or corrupt after line ")
+    assert error.endswith("; its earlier lines were queued, and replaying the repaired file again skips them by "
+                          "their ids")
 
 
 class StopAfterFirstPage(ArchiveReplay):
