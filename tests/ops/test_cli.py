@@ -143,8 +143,17 @@ def test_site_add_then_list(database_url, redis_url):
          "weir site: invalid DATABASE_URL: it must start with postgresql:// or postgres://"),
         (["dlq", "list"], {"REDIS_URL": "notaurl"},
          "weir import-logs or dlq: invalid REDIS_URL: it must start with redis:// or rediss:// or unix://"),
+        (["site", "list"], {"DATABASE_URL": "", "REDIS_URL": "redis://127.0.0.1:6379/9"},
+         "weir site: DATABASE_URL is empty; set it to a URL such as postgresql://127.0.0.1:5432/..."),
+        (["dlq", "list"], {"REDIS_URL": ""},
+         "weir import-logs or dlq: REDIS_URL is empty; set it to a URL such as redis://127.0.0.1:6379/..."),
+        (["dlq", "list"], {"REDIS_URL": "redis://127.0.0.1:notaport/0"},
+         "weir import-logs or dlq: invalid REDIS_URL: Port could not be cast to integer value as 'notaport'; "
+         "give a port number from 1 to 65535"),
+        (["schema", "check"], {"DATABASE_URL": "postgresql://postgres@127.0.0.1:99999/x"},
+         "weir schema: invalid DATABASE_URL: Port out of range 0-65535; give a port number from 1 to 65535"),
     ],
-    ids=["database-url", "redis-url"],
+    ids=["database-url", "redis-url", "empty-database-url", "empty-redis-url", "redis-port", "database-port"],
 )
 def test_malformed_url_is_one_line_exit_2(args, env, expected):
     result = run(args, bare_env(**env))
