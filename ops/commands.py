@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from datetime import date
 
 import asyncpg
 import orjson
@@ -280,16 +281,29 @@ def check_log_file(path) -> None:
 
 
 _DEAD_LETTER_ID = re.compile(r"\d+-\d+")
+MAX_DLQ_LIMIT = 1_000_000
+"""Most entries `weir dlq list` prints; Redis rejects a COUNT beyond a 64-bit integer anyway."""
 
 
 def _check_dead_letter_arguments(args: argparse.Namespace) -> None:
     """Reject a bad --limit or entry id before connecting, so the error names the value rather than Redis."""
-    if args.dlq_command == "list" and args.limit < 1:
-        raise CommandError(f"invalid --limit {args.limit}: give the number of entries to print, 1 or more")
+    if args.dlq_command == "list" and not 1 <= args.limit <= MAX_DLQ_LIMIT:
+        raise CommandError(f"invalid --limit {args.limit}: give the number of entries to print, "
+                           f"from 1 to {MAX_DLQ_LIMIT}")
+    if args.dlq_command == "requeue" and args.all and args.entry_ids:
+        raise CommandError("pass either --all or entry ids, not both: --all requeues every dead-lettered entry")
     for entry_id in getattr(args, "entry_ids", None) or []:
         if not _DEAD_LETTER_ID.fullmatch(entry_id):
             raise CommandError(f"invalid entry id {entry_id!r}: give a dead-letter entry id as `weir dlq list` "
                                "prints it, such as 1715940000000-0")
+
+
+def _chunk_days(chunk_days: int | None, first: date, last: date) -> int | None:
+    """Return --chunk-days, at most the range's length: a longer chunk is the whole range, and
+    adding a few million days to a date would overflow."""
+    if chunk_days is None:
+        return None
+    return min(chunk_days, (last - first).days + 1)
 
 
 async def dead_letters(args: argparse.Namespace) -> int:
@@ -369,7 +383,7 @@ async def replay(args: argparse.Namespace) -> int:
     install_stop_signals(stopping)
     try:
         reports = await replay_events(settings.DATABASE_URL, args.site, first, last, only=only,
-                                      chunk_days=args.chunk_days, bot_patterns=read_bot_patterns(settings.BOT_PATTERNS_FILE),
+                                      chunk_days=_chunk_days(args.chunk_days, first, last), bot_patterns=read_bot_patterns(settings.BOT_PATTERNS_FILE),
                                       stopping=stopping)
     except LookupError as error:
         raise CommandError(str(error.args[0])) from None

@@ -312,12 +312,16 @@ NOTHING_LISTENS = {"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "postgr
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["dlq", "list", "--limit", "-5"], "invalid --limit -5: give the number of entries to print, 1 or more"),
-        (["dlq", "list", "--limit", "0"], "invalid --limit 0: give the number of entries to print, 1 or more"),
+        (["dlq", "list", "--limit", "-5"], "invalid --limit -5: give the number of entries to print, from 1 to 1000000"),
+        (["dlq", "list", "--limit", "0"], "invalid --limit 0: give the number of entries to print, from 1 to 1000000"),
         (["dlq", "requeue", "nonsense"], "invalid entry id 'nonsense': give a dead-letter entry id as `weir dlq "
                                          "list` prints it, such as 1715940000000-0"),
+        (["dlq", "list", "--limit", "99999999999999999999"],
+         "invalid --limit 99999999999999999999: give the number of entries to print, from 1 to 1000000"),
+        (["dlq", "requeue", "--all", "1002-0"],
+         "pass either --all or entry ids, not both: --all requeues every dead-lettered entry"),
     ],
-    ids=["dlq-limit-negative", "dlq-limit-zero", "dlq-requeue-bad-id"],
+    ids=["dlq-limit-negative", "dlq-limit-zero", "dlq-requeue-bad-id", "dlq-limit-huge", "dlq-requeue-all-and-ids"],
 )
 def test_dlq_bad_value_is_named(args, message):
     result = run(args, bare_env(**NOTHING_LISTENS))

@@ -177,6 +177,20 @@ async def test_cli_replays_accepted_day_limits(database_url, redis_url, timezone
                                           "session ids changed, 0 rollup rows written"]
 
 
+@pytest.mark.parametrize("chunk_days", ["3000000", "99999999999999999999"])
+async def test_cli_chunk_longer_than_range(database_url, redis_url, chunk_days):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+
+    result = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", SITE, "--from", "2026-12-01",
+                                     "--to", "2026-12-06", "--chunk-days", chunk_days)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (f"rebuilt {SITE} 2026-12-01..2026-12-06: 0 events, 0 bot flags and 0 "
+                                              "session ids changed, 0 rollup rows written")
+
+
 async def test_cli_interrupted_replay_exits_130(database_url, redis_url, tmp_path):
     env = service_env(database_url, redis_url)
     added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", "UTC")
