@@ -312,6 +312,9 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         # Read-only sessions: the API only reads, and a replica refuses writes anyway.
         app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10,
                                                   command_timeout=settings.QUERY_TIMEOUT_S,
+                                                  # Connecting too: the pool opens new connections while
+                                                  # requests wait, 60 s by default.
+                                                  timeout=settings.QUERY_TIMEOUT_S,
                                                   server_settings={"default_transaction_read_only": "on",
                                                                    **reports.SERVER_SETTINGS})
         app[REDIS_KEY] = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_timeout=5,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -213,7 +216,7 @@ async def test_query_over_timeout_is_503(database_url, redis_url, db):
     await run_guard(db, timescaledb="off")
 
     async with running_api(database_url, redis_url, QUERY_TIMEOUT_S=0.5) as (_app, url):
-        # A lock that a migration could hold stands in for a PostgreSQL that stopped answering.
+        # A lock that a migration could hold makes the query wait as on a PostgreSQL that hangs.
         async with db.transaction():
             await db.execute("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE")
             status, retry, body = await get_unavailable(url, "/api/sites")
@@ -255,3 +258,57 @@ async def test_endpoint_without_parameters_says_so(stack):
 
     assert status == 400
     assert body["error"] == "unknown parameter 'site'; this endpoint takes no parameters"
+
+
+class FreezingProxy:
+    """A TCP proxy to PostgreSQL that, once frozen, accepts connections and forwards nothing,
+    as a hung PostgreSQL does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.frozen:
+            await reader.read()  # until the client gives up
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer),
+                             return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if self.frozen:
+                    await asyncio.Event().wait()  # hold the bytes: no reply ever comes
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_hung_database_503_within_timeout(database_url, redis_url, db):
+    await run_guard(db, timescaledb="off")
+    parts = urlsplit(database_url)
+    proxy = FreezingProxy(parts.port or 5432)
+    proxied_url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{await proxy.start()}"))
+
+    async with running_api(proxied_url, redis_url, QUERY_TIMEOUT_S=1) as (_app, url):
+        before = await get_unavailable(url, "/api/sites")
+        proxy.frozen = True
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            status, _retry, _body = await get_unavailable(url, "/api/sites")
+            timings.append((status, time.monotonic() - started < 5))
+        proxy.server.close()
+
+    assert before == (200, None, {"data": []})
+    # The first request waits for its query and the later ones for a new connection. Each stops at the timeout.
+    assert timings == [(503, True), (503, True), (503, True)]
