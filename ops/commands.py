@@ -18,7 +18,7 @@ from ingest.settings import CollectorSettings
 from ops.errors import CommandError
 from ops.import_dry_run import dry_run_command
 from ops.importer import LogImporter, newest_time, shift_for
-from ops.logformat import UnreadableLog
+from ops.logformat import CorruptLog, UnreadableLog
 from ops.replay_archive import replay_archive_command
 from ops.replay_events import EARLIEST_DAY, LATEST_DAY, ONLY_CHOICES, replay_events
 from ops.replay_stream import replay_stream_command
@@ -226,6 +226,9 @@ async def import_logs(args: argparse.Namespace) -> int:
     except UnreadableLog as error:
         print(error.partial.line())
         later = "" if error.path == args.paths[-1] else ", later files were not read"
+        if isinstance(error, CorruptLog):
+            raise CommandError(f"{error}{later}; importing the repaired file skips the lines already written by "
+                               "their ids") from None
         raise CommandError(f"{error}; the lines before it are written{later}; importing the repaired "
                            "file again skips the lines already written by their ids") from None
     except ValueError as error:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ingest.validate import MAX_ACTION_CHARS, decode_path
 from ops.errors import CommandError
 from ops.importer import newest_time, shift_for
-from ops.logformat import MalformedLine, UnreadableLog, is_pageview, parse_line, read_log_lines, request_path
+from ops.logformat import CorruptLog, MalformedLine, UnreadableLog, is_pageview, parse_line, read_log_lines, request_path
 from streams.bots import BotDetector
 
 TOP_PATHS = 10
@@ -111,6 +111,8 @@ def dry_run_command(args: argparse.Namespace) -> int:
     except UnreadableLog as error:
         _print_report(error.partial, shift)
         later = "" if error.path == args.paths[-1] else ", later files were not read"
+        if isinstance(error, CorruptLog):
+            raise CommandError(f"{error}{later}; an import would write none of its lines") from None
         raise CommandError(f"{error}; the report counts the lines before it{later}; an import would "
                            "write those and stop there") from None
     except ValueError as error:

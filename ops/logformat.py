@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "LOG_FORMATS",
@@ -593,6 +594,36 @@ class UnreadableLog(Exception):
         return f"{self.path} is truncated or corrupt at line {self.line} ({self.reason})"
 
 
+class CorruptLog(UnreadableLog):
+    """An error for a gzip log whose data is corrupt somewhere, found before any line was read.
+
+    gzip checks its CRC only at the end of a member, so lines decoded before corrupt data may
+    already be garbled, and none are read. Truncation alone is not corruption: the data before
+    the cut is sound, and UnreadableLog reports it after those lines.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, 1, reason)
+
+    def __str__(self) -> str:
+        return (f"{self.path} is corrupt ({self.reason}), so none of its lines were read: lines decoded "
+                "before the damage may be garbled")
+
+
+def _check_gzip(path: Path, raw: BinaryIO) -> None:
+    """Decompress all of `raw` and rewind it; raise CorruptLog for corrupt data, but not for a cut."""
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except EOFError:
+        pass
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise CorruptLog(path, str(error) or error.__class__.__name__) from None
+    finally:
+        raw.seek(0)
+
+
 def read_log_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a plain or gzip file.
 
@@ -601,12 +632,15 @@ def read_log_lines(path: Path) -> Iterator[tuple[int, str]]:
     one trailing CR is removed. Bytes are decoded as UTF-8 with
     errors="replace": servers write request bytes from clients, which need
     not be UTF-8, and one bad byte should not stop an import. A gzip file
-    that ends early or contains corrupt data raises UnreadableLog after
-    yielding the lines before the damage.
+    that ends early raises UnreadableLog after yielding the lines before the
+    cut; one with corrupt data raises CorruptLog before yielding any line.
     """
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
+        if compressed:
+            # A second decompression, which costs little next to parsing the lines (an estimate, not measured).
+            _check_gzip(path, raw)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         line_number = 0
         try:

@@ -8,6 +8,7 @@ per (UTC day, IP, user agent) and sessions split by gaps over 30 minutes.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import subprocess
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -153,6 +154,29 @@ def truncated_gzip(tmp_path):
     path = tmp_path / "access.log.gz"
     path.write_bytes(compressor.compress(head) + compressor.flush(zlib.Z_SYNC_FLUSH))
     return path
+
+
+async def test_corrupt_gzip_imports_nothing(database_url, redis_url, redis, tmp_path):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", "semicomplete.com", "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+    data = bytearray(gzip.compress(LOG.read_bytes(), mtime=0))
+    # Damaged bytes in the middle decode to garbled lines before gzip's CRC at the end finds them.
+    for index in range(len(data) // 2, len(data) // 2 + 50):
+        data[index] ^= 0xFF
+    path = tmp_path / "corrupt.log.gz"
+    path.write_bytes(bytes(data))
+
+    result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", "semicomplete.com", str(path))
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "lines read 0, events written 0, skipped 0 (not pageviews), malformed 0, rejected 0"]
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: {path} is corrupt (")
+    assert error.endswith("), so none of its lines were read: lines decoded before the damage may be garbled; "
+                          "importing the repaired file skips the lines already written by their ids")
+    assert await redis.xlen(EVENTS_STREAM) == 0
 
 
 async def test_truncated_gzip_imports_lines_before(database_url, redis_url, redis, tmp_path):
