@@ -11,7 +11,7 @@ class CollectorSettings(ServiceSettings):
     """Environment of `weir collector`; names and defaults match the platform Weir replaces."""
 
     REDIS_URL: str = Field(description="Redis holding the event stream, e.g. redis://127.0.0.1:6379/0")
-    PORT: int = Field(4001, description="TCP port of /collect, /health and /metrics")
+    PORT: int = Field(4001, ge=1, le=65535, description="TCP port of /collect, /health and /metrics")
     HOST: str = Field("0.0.0.0", description="address to listen on")
     CORS_ORIGINS: str = Field(
         "*",

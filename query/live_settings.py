@@ -17,7 +17,7 @@ class RealtimeSettings(ServiceSettings):
     REDIS_URL: str = Field(description="Redis holding the live counters the processors write")
     API_KEYS: str = Field(description="comma-separated API keys; a client sends one as `Authorization: Bearer KEY`, "
                                       "`X-API-Key: KEY` or `?key=KEY` (for EventSource, which cannot set headers)")
-    PORT: int = Field(4003, description="TCP port of /live/{site}, /live/{site}/ws, /health and /metrics")
+    PORT: int = Field(4003, ge=1, le=65535, description="TCP port of /live/{site}, /live/{site}/ws, /health and /metrics")
     HOST: str = Field("0.0.0.0", description="address to listen on")
     CORS_ORIGINS: str = Field("*", description="comma-separated origins (scheme://host[:port]) whose pages may "
                                                 "open the feed, or *")

@@ -14,7 +14,7 @@ class ApiSettings(ServiceSettings):
     DATABASE_READ_URL: str = Field("", description="a read replica the API reads from instead of DATABASE_URL; the API never writes")
     REDIS_URL: str = Field(description="Redis for the response cache, live counters and the stream backlog")
     API_KEYS: str = Field(description="comma-separated API keys; a request needs one of them")
-    PORT: int = Field(4002, description="TCP port of the API and dashboard")
+    PORT: int = Field(4002, ge=1, le=65535, description="TCP port of the API and dashboard")
     HOST: str = Field("0.0.0.0", description="address to listen on")
     CACHE_TTL_S: int = Field(10, ge=0, description="seconds a response stays in the Redis cache; 0 turns the cache off")
     STALE_AFTER_S: int = Field(300, ge=1, description="seconds a table may stop moving while events wait before responses warn that it is stale")

@@ -17,7 +17,7 @@ class ProcessorSettings(ServiceSettings):
     DATABASE_URL: str = Field(description="PostgreSQL the sinks write, e.g. postgresql://user:pass@host:5432/db")
     CONCURRENCY: int = Field(5, ge=1, le=64, description="agents (consumers) per processor process")
     BATCH_SIZE: int = Field(100, ge=1, le=10_000, description="stream entries read per batch")
-    METRICS_PORT: int = Field(4010, description="side port of the processor's /health and /metrics; 0 turns it off")
+    METRICS_PORT: int = Field(4010, ge=0, le=65535, description="side port of the processor's /health and /metrics; 0 turns it off")
     HOST: str = Field("0.0.0.0", description="address the side port listens on")
     RECLAIM_IDLE_MS: int = Field(60_000, ge=100, description="idle time after which another consumer's pending entries are taken over")
     STOP_TIMEOUT_S: float = Field(20.0, gt=0, allow_inf_nan=False, description="seconds a stop request waits for the batches in hand; "
