@@ -38,7 +38,7 @@ from streams.dead_letter import list_all_dead_letters, requeue_all
 from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, connect_redis
+from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, connect_redis
 from weir.settings import ConfigError, load_settings
 
 
@@ -171,7 +171,7 @@ def _as_script(sql: str) -> str:
 async def site(args: argparse.Namespace) -> int:
     settings = load_settings(SiteToolSettings)
     conn = await _connect(settings.DATABASE_URL)
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
     try:
         await run_guard(conn, apply=True) if not await _has_sites_table(conn) else None
         if args.site_command == "list":
@@ -213,7 +213,7 @@ async def import_logs(args: argparse.Namespace) -> int:
     for path in args.paths:
         check_log_file(path)
 
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
     try:
         record = await SiteDirectory(redis).lookup(args.site)
         if record is None:
@@ -260,7 +260,7 @@ async def _check_dry_run_site(domain: str) -> None:
     except ConfigError as error:
         print(f"warning: site {domain!r} not checked: {error}", file=sys.stderr)
         return
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
     try:
         record = await SiteDirectory(redis).lookup(domain)
     except REDIS_ERRORS as error:
@@ -313,7 +313,7 @@ async def dead_letters(args: argparse.Namespace) -> int:
     _check_dead_letter_arguments(args)
     settings = load_settings(StreamToolSettings)
     dead_letter_streams = StreamPartitions.from_settings(settings).dead_letter_streams()
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
     try:
         if args.dlq_command == "list":
             letters = await list_all_dead_letters(redis, dead_letter_streams, args.limit)

@@ -54,7 +54,7 @@ from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from streams.visitor import SaltStore
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
+from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
 from weir.settings import StreamLayoutSettings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -536,7 +536,7 @@ async def replay_archive_command(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
     try:
-        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, socket_connect_timeout=5)
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
     except ValueError as error:
         raise CommandError(str(error)) from None
     try:

@@ -385,3 +385,16 @@ def test_unusable_host_one_line_error(host):
     assert "Traceback" not in result.stderr
     assert errors == [errors[0]]
     assert errors[0].startswith(f"error: realtime failed to listen on host {host!r} port ")
+
+
+async def test_dlq_list_gives_up_on_silent_redis():
+    # A server that accepts connections and never replies, as a Redis that hangs does.
+    server = await asyncio.start_server(lambda _reader, _writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await asyncio.to_thread(run, ["dlq", "list"], bare_env(REDIS_URL=f"redis://127.0.0.1:{port}/0"))
+    finally:
+        server.close()
+
+    assert result.returncode == 1
+    assert result.stderr == f"error: Redis at REDIS_URL failed: Timeout reading from 127.0.0.1:{port}\n"
