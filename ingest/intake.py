@@ -202,9 +202,7 @@ def header_text(value: str | None) -> str | None:
 def _user_agent_header(value: str | None) -> str | None:
     """Return the User-Agent header as header_text does, cut to MAX_USER_AGENT_CHARS."""
     text = header_text(value)
-    if text is None or len(text) <= MAX_USER_AGENT_CHARS:
-        return text
-    return text[:MAX_USER_AGENT_CHARS]
+    return None if text is None else text[:MAX_USER_AGENT_CHARS]
 
 
 def json_response(body: object, status: int, headers: dict | None = None) -> web.Response:

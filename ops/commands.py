@@ -285,7 +285,7 @@ def check_log_file(path) -> None:
 
 _DEAD_LETTER_ID = re.compile(r"\d+-\d+")
 MAX_DLQ_LIMIT = 1_000_000
-"""Most entries `weir dlq list` prints; Redis rejects a COUNT beyond a 64-bit integer anyway."""
+"""Maximum number of entries `weir dlq list` prints; Redis rejects a COUNT beyond a 64-bit integer anyway."""
 
 
 def _check_dead_letter_arguments(args: argparse.Namespace) -> None:

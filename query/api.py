@@ -312,8 +312,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         # Read-only sessions: the API only reads, and a replica refuses writes anyway.
         app[POOL_KEY] = await asyncpg.create_pool(settings.read_url(), min_size=1, max_size=10,
                                                   command_timeout=settings.QUERY_TIMEOUT_S,
-                                                  # Connecting too: the pool opens new connections while
-                                                  # requests wait, 60 s by default.
+                                                  # The same limit for connecting, because the pool opens
+                                                  # connections while requests wait (asyncpg's default: 60 s).
                                                   timeout=settings.QUERY_TIMEOUT_S,
                                                   server_settings={"default_transaction_read_only": "on",
                                                                    **reports.SERVER_SETTINGS})

@@ -54,19 +54,22 @@ def validate_site(domain: str, timezone: str, aliases: list[str]) -> Site:
     typed, domain = domain, normalize_host(domain)
     if not is_host_name(domain):
         # The message shows the value as typed: for "http://" the normalised host is empty.
-        shown = typed if len(typed) <= 80 else typed[:77] + "..."
-        raise InvalidSite(f"invalid domain {shown!r}: give a host name such as example.com "
+        raise InvalidSite(f"invalid domain {_abbreviated(typed)!r}: give a host name such as example.com "
                           f"(letters, digits, hyphens and dots, at most {MAX_HOST_CHARS} characters)")
     check_site_timezone(timezone)
     cleaned = []
     for alias in aliases:
         host = normalize_host(alias)
         if not is_host_name(host):
-            shown = alias if len(alias) <= 80 else alias[:77] + "..."
-            raise InvalidSite(f"invalid alias {shown!r}: give a host name such as www.{domain}")
+            raise InvalidSite(f"invalid alias {_abbreviated(alias)!r}: give a host name such as www.{domain}")
         if host != domain and host not in cleaned:
             cleaned.append(host)
     return Site(domain, timezone, tuple(cleaned))
+
+
+def _abbreviated(value: str, limit: int = 80) -> str:
+    """Return `value`, cut to `limit` characters with "..." at the end when it is longer."""
+    return value if len(value) <= limit else value[:limit - 3] + "..."
 
 
 def host_conflict(site: Site, stored: list[Site]) -> str | None:

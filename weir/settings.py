@@ -85,17 +85,20 @@ def _check_urls(program: str, settings: BaseSettings) -> None:
         value = getattr(settings, name, None)
         example = f"{schemes[0]}127.0.0.1:{6379 if name == 'REDIS_URL' else 5432}/..."
         if value == "" and name in _REQUIRED_URLS:
-            # Empty, libpq would connect to its defaults: the local socket and the OS user's database.
+            # An empty URL makes libpq connect to its defaults: the local socket and the OS user's database.
             raise ConfigError(f"{program}: {name} is empty; set it to a URL such as {example}")
         if value and not value.startswith(schemes):
             raise ConfigError(f"{program}: invalid {name}: it must start with {' or '.join(schemes)}, e.g. {example}")
-        netloc = urlsplit(value).netloc if value else ""
-        if "," not in netloc:  # libpq's multi-host form has one port per host
-            try:
-                urlsplit(value).port
-            except ValueError as error:
-                raise ConfigError(f"{program}: invalid {name}: {error}; give a port number from 1 to 65535, "
-                                  f"e.g. {example}") from None
+        if not value:
+            continue
+        parts = urlsplit(value)
+        if "," in parts.netloc:
+            continue  # libpq's multi-host form has one port per host
+        try:
+            parts.port
+        except ValueError as error:
+            raise ConfigError(f"{program}: invalid {name}: {error}; give a port number from 1 to 65535, "
+                              f"e.g. {example}") from None
 
 
 _REQUIRED_URLS = frozenset({"REDIS_URL", "DATABASE_URL"})

@@ -137,7 +137,7 @@ def test_site_add_then_list(database_url, redis_url):
 
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
-def test_port_out_of_range_is_one_line_exit_2(port):
+def test_port_out_of_range_exits_2(port):
     result = run(["api"], bare_env(NODE_ENV="development", DATABASE_URL="postgresql://127.0.0.1:1/x",
                                    REDIS_URL="redis://127.0.0.1:1/0", API_KEYS="key", PORT=port))
 

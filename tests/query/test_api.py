@@ -192,7 +192,7 @@ async def get_unavailable(url: str, path: str, params: dict | None = None) -> tu
 
 async def test_database_down_is_503_with_retry_after(database_url, redis_url, db):
     async with running_api(database_url, redis_url) as (app, url):
-        # Closing every pooled connection under the API stands in for a database that went away.
+        # Closing every pooled connection under the API makes the database unreachable, as if it went away.
         await app[POOL_KEY].close()
         status, retry, body = await get_unavailable(url, "/api/sites")
 
