@@ -60,6 +60,20 @@ UPDATE raw_events r SET is_bot = u.is_bot, session_id = u.session_id
 
 _OLDEST_RAW = 'SELECT min("timestamp") FROM raw_events WHERE site = $1'
 
+_DAY_TOTALS = """
+SELECT coalesce(sum(value) FILTER (WHERE metric_name IN ('pageviews', 'bot_pageviews')), 0)::bigint AS pageviews,
+       coalesce(sum(value) FILTER (WHERE metric_name = 'events'), 0)::bigint AS events
+  FROM daily_metrics
+ WHERE site = $1 AND dimension_key IS NULL AND metric_name IN ('pageviews', 'bot_pageviews', 'events') AND date = $2
+"""
+
+_DAY_RAW_COUNTS = """
+SELECT count(*) FILTER (WHERE event_type = 'pageview') AS pageviews,
+       count(*) FILTER (WHERE event_type <> 'pageview') AS events
+  FROM raw_events
+ WHERE site = $1 AND "timestamp" >= $2 AND "timestamp" < $3 AND visitor_id <> ''
+"""
+
 _FIRST_ROLLUP = daily_rows_sql("min(d.date) AS date", "d.date >= $2 AND d.date < $3") + "SELECT min(date) FROM ranged"
 
 _DELETE_DAILY = (daily_rows_sql("d.ctid", "d.date >= $2 AND d.date <= $3")
@@ -152,13 +166,16 @@ async def rebuild_range(conn: asyncpg.Connection, site: Site, bots: BotDetector,
 
 
 async def _check_raw_events_reach(conn: asyncpg.Connection, site: Site, first: date, last: date) -> None:
-    """Raise RangeBeforeRawEvents when first..last has rollup rows before the site's oldest raw event.
+    """Raise RangeBeforeRawEvents when first..last has rollup rows that raw_events no longer contains in full.
 
-    NOTE: the local date of the oldest raw event passes, although retention may have dropped the
-    part of it that lies in an earlier UTC day.
+    Those are the days before the site's oldest raw event, and that event's own local day when its
+    rollups count more events than raw_events contains of it. Retention drops whole UTC days, so a
+    local day that starts in an earlier UTC day than the oldest raw event can have lost its first hours.
     """
     oldest = await conn.fetchval(_OLDEST_RAW, site.domain)
     kept_from = local_date(_ms(oldest), site.timezone) if oldest is not None else last + timedelta(days=1)
+    if oldest is not None and first <= kept_from <= last:
+        await _check_oldest_day_whole(conn, site, kept_from, oldest)
     if first >= kept_from:
         return
     orphaned = await conn.fetchval(_FIRST_ROLLUP, site.domain, first, min(kept_from, last + timedelta(days=1)))
@@ -166,6 +183,29 @@ async def _check_raw_events_reach(conn: asyncpg.Connection, site: Site, first: d
         raise RangeBeforeRawEvents(
             f"rollups of {site.domain} on {orphaned} are older than its oldest raw event ({kept_from}), so a rebuild "
             f"would delete them without replacing them; rebuild only days from {kept_from} on")
+
+
+async def _check_oldest_day_whole(conn: asyncpg.Connection, site: Site, day: date, oldest: datetime) -> None:
+    """Raise RangeBeforeRawEvents when the rollups of `day`, the local day of the oldest raw event,
+    count more events than raw_events contains of it.
+
+    Only a day that starts before the UTC day of the oldest raw event can have lost events to
+    retention. Pageviews are compared with bots included, and custom events with the bots' events
+    included on the raw side, so a rebuild that changes bot flags does not trip the check.
+    """
+    start, end, _, _ = utc_window(site, day, day)
+    if start >= datetime.combine(oldest.astimezone(timezone.utc).date(), time(), timezone.utc):
+        return
+    counted = await conn.fetchrow(_DAY_TOTALS, site.domain, day)
+    stored = await conn.fetchrow(_DAY_RAW_COUNTS, site.domain, start, end)
+    if counted["pageviews"] <= stored["pageviews"] and counted["events"] <= stored["events"]:
+        return
+    raise RangeBeforeRawEvents(
+        f"rollups of {site.domain} on {day} count more events than raw_events contains of that day (pageviews "
+        f"{counted['pageviews']} against {stored['pageviews']}, custom events {counted['events']} against "
+        f"{stored['events']}), because retention dropped the raw events before "
+        f"{oldest.astimezone(timezone.utc).date()} UTC; a rebuild would lower its counts, so rebuild only days from "
+        f"{day + timedelta(days=1)} on")
 
 
 def _quoted(column: str) -> str:

@@ -115,3 +115,47 @@ async def test_replay_keeps_rollups_older_than_raw_events(processor, db):  # noq
     await rebuild_range(db, OLD, BotDetector(), day, today)
 
     assert await first_complete_date(db, OLD.domain) == day
+
+
+BERLIN = Site("berlin.example", "Europe/Berlin")
+
+
+def berlin_ms(day: date, hour: int, minute: int) -> int:
+    """Return the epoch milliseconds of a Berlin winter time (UTC+1) on `day`."""
+    return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=timezone(timedelta(hours=1))).timestamp()
+               * 1000)
+
+
+async def test_replay_keeps_oldest_day_that_retention_cut(processor, db):  # noqa: F811
+    # A Berlin day starts at 23:00 UTC the day before, so dropping that UTC day cuts its first hour.
+    day = date(2025, 1, 15)
+    await upsert_site(db, BERLIN)
+    await feed(processor, [[make_event(BERLIN.domain, "v1", 0, "/early", base_ms=berlin_ms(day, 0, 30)),
+                            make_event(BERLIN.domain, "v2", 0, "/noon", base_ms=berlin_ms(day, 12, 0)),
+                            make_event(BERLIN.domain, "v2", 1, "/signup", kind="signup",
+                                       base_ms=berlin_ms(day, 12, 0))]])
+    await db.execute("DELETE FROM raw_events WHERE site = $1 AND \"timestamp\" < '2025-01-15T00:00:00Z'",
+                     BERLIN.domain)
+
+    with pytest.raises(RangeBeforeRawEvents) as rejected:
+        await rebuild_range(db, BERLIN, BotDetector(), day, day + timedelta(days=2))
+
+    assert str(rejected.value) == (
+        "rollups of berlin.example on 2025-01-15 count more events than raw_events contains of that day (pageviews 2 "
+        "against 1, custom events 1 against 1), because retention dropped the raw events before 2025-01-15 UTC; a "
+        "rebuild would lower its counts, so rebuild only days from 2025-01-16 on")
+    assert await db.fetchval("SELECT value FROM daily_metrics WHERE site = $1 AND date = $2 "
+                             "AND metric_name = 'pageviews' AND dimension_key IS NULL", BERLIN.domain, day) == 2
+
+
+async def test_replay_rebuilds_oldest_day_that_starts_late(processor, db):  # noqa: F811
+    # The site's first events came at noon, so its oldest day starts before them but lost nothing.
+    day = date(2025, 1, 15)
+    await upsert_site(db, BERLIN)
+    await feed(processor, [[make_event(BERLIN.domain, "v2", 0, "/noon", base_ms=berlin_ms(day, 12, 0))]])
+
+    report = await rebuild_range(db, BERLIN, BotDetector(), day, day)
+
+    assert report.events == 1
+    assert await db.fetchval("SELECT value FROM daily_metrics WHERE site = $1 AND date = $2 "
+                             "AND metric_name = 'pageviews' AND dimension_key IS NULL", BERLIN.domain, day) == 1
