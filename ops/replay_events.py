@@ -2,7 +2,8 @@
 
 The range is cut into chunks of whole days, each rebuilt and committed on its own (one
 transaction per chunk; the default chunk is the whole range, so readers see it switch at once).
-A stop between chunks keeps what was committed; the run prints the day to resume from.
+A stop request keeps the chunks committed before it and rolls back the chunk in flight, and the
+run prints the day to resume from.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import date, timedelta
-from typing import TextIO
+from typing import Any, TextIO
 
 import asyncpg
 
@@ -57,8 +59,13 @@ async def replay_events(database_url: str, domain: str, first: date, last: date,
             if stopping is not None and stopping.is_set():
                 _say(progress, f"stopped before {chunk_first}; resume with --from {chunk_first} --to {last}")
                 break
-            report = await rebuild_range(conn, site, bots, chunk_first, chunk_last,
-                                         sessions="sessions" in only, rollups="rollups" in only)
+            rebuild = rebuild_range(conn, site, bots, chunk_first, chunk_last,
+                                    sessions="sessions" in only, rollups="rollups" in only)
+            report = await _unless_stopped(rebuild, stopping)
+            if report is None:
+                _say(progress, f"stopped during {chunk_first}..{chunk_last}, which was rolled back; resume with "
+                               f"--from {chunk_first} --to {last}")
+                break
             reports.append(report)
             _report_progress(progress, number, len(parts), reports, started)
         if reports and any("daily_metrics" in report.tables for report in reports):
@@ -68,6 +75,29 @@ async def replay_events(database_url: str, domain: str, first: date, last: date,
         return reports
     finally:
         await conn.close()
+
+
+async def _unless_stopped(rebuild: Coroutine[Any, Any, RebuildReport],
+                          stopping: asyncio.Event | None) -> RebuildReport | None:
+    """Return the chunk's report, or None when a stop request came first and the chunk was cancelled.
+
+    A chunk can wait minutes for the site's lock or run for minutes, so a stop does not wait
+    for it. Cancelling the task cancels the statement in flight and rolls the transaction back.
+    """
+    task = asyncio.ensure_future(rebuild)
+    if stopping is None:
+        return await task
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))
+    # The chunk may have committed between the stop request and the cancel.
+    return None if task.cancelled() else task.result()
 
 
 def _report_progress(progress: TextIO | None, done: int, total: int, reports: list[RebuildReport],

@@ -38,7 +38,7 @@ from weir.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
-ENTRY_ID = re.compile(r"\d+(?:-\d+)?")
+ENTRY_ID = re.compile(r"[0-9]+(?:-[0-9]+)?")
 MAX_SEQUENCE = 2**64 - 1
 """Largest sequence number of a stream entry id, and largest millisecond part."""
 MAX_ATTEMPTS = 5

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from ops.replay_events import replay_events
+from sinks.sessions import SITE_LOCK_CLASS
 from tests.conftest import REPO, wait_until_processed, weir_command
 from tests.ops.test_import_logs import import_log, run_weir, service_env
 from tests.sinks.test_derived import DERIVED_SNAPSHOT, snapshot
@@ -215,10 +216,47 @@ async def test_cli_interrupted_replay_exits_130(database_url, redis_url, tmp_pat
                 process.wait()
 
     assert process.returncode == 130
-    resume = [line for line in stderr_path.read_text().splitlines() if line.startswith("stopped before ")]
+    # The signal lands between two chunks or during one, which is then rolled back.
+    resume = [line for line in stderr_path.read_text().splitlines() if line.startswith("stopped ")]
     assert len(resume) == 1
-    stopped_before = resume[0].removeprefix("stopped before ").split(";")[0]
-    assert resume[0] == f"stopped before {stopped_before}; resume with --from {stopped_before} --to 9999-10-31"
+    stopped_before = resume[0].split(" --from ")[1].split(" ")[0]
+    assert resume[0] in (f"stopped before {stopped_before}; resume with --from {stopped_before} --to 9999-10-31",
+                         f"stopped during {stopped_before}..{stopped_before}, which was rolled back; resume with "
+                         f"--from {stopped_before} --to 9999-10-31")
     last_done = date.fromisoformat(stopped_before) - timedelta(days=1)
     assert stdout.splitlines() == [f"stopped: rebuilt {SITE} 2000-01-01..{last_done} of 2000-01-01..9999-10-31: "
                                    "0 events, 0 bot flags and 0 session ids changed, 0 rollup rows written"]
+
+
+async def test_cli_stop_while_chunk_waits_for_lock(database_url, redis_url, db, tmp_path):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", SITE, "--timezone", "UTC")
+    assert added.returncode == 0, added.stderr
+    stderr_path = tmp_path / "stderr.txt"
+
+    # A live batch of the site holding its lock keeps the only chunk waiting.
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE)
+        with stderr_path.open("w") as stderr:
+            process = subprocess.Popen(weir_command("replay", "events", "--site", SITE, "--from", "2026-12-01", "--to",
+                                                    "2026-12-06"),
+                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            try:
+                deadline = time.monotonic() + 30
+                while not await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                            "AND NOT granted"):
+                    assert time.monotonic() < deadline, stderr_path.read_text()
+                    await asyncio.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                stdout, _ = await asyncio.to_thread(process.communicate, timeout=10)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+    assert process.returncode == 130
+    assert stderr_path.read_text().splitlines()[-1] == ("stopped during 2026-12-01..2026-12-06, which was rolled back; "
+                                                        "resume with --from 2026-12-01 --to 2026-12-06")
+    assert stdout.splitlines() == [f"stopped: rebuilt {SITE} no day of 2026-12-01..2026-12-06: 0 events, 0 bot flags "
+                                   "and 0 session ids changed, 0 rollup rows written"]
+    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 0

@@ -97,7 +97,7 @@ def test_parse_bound_cases(text, end, bound):
     assert parse_bound(text, end=end) == bound
 
 
-@pytest.mark.parametrize("text", ["yesterday", "1715940000000-", "17-05-2024", ""])
+@pytest.mark.parametrize("text", ["yesterday", "1715940000000-", "17-05-2024", "", "\uff11\uff12\uff13-0"])
 def test_parse_bound_rejects_garbage(text):
     with pytest.raises(InvalidBound, match="entry id such as"):
         parse_bound(text)
