@@ -46,7 +46,8 @@ def _printable(text: str, limit: int = 300) -> str:
 @dataclass
 class ImportSummary:
     lines_read: int = 0
-    events_written: int = 0
+    events_sent: int = 0
+    """Events written to the stream, including those a processor skips because their id is stored."""
     not_pageviews: int = 0
     malformed: int = 0
     rejected: int = 0
@@ -54,7 +55,7 @@ class ImportSummary:
     rejected_reasons: Counter = field(default_factory=Counter)
 
     def line(self) -> str:
-        return (f"lines read {self.lines_read}, events written {self.events_written}, "
+        return (f"lines read {self.lines_read}, events sent {self.events_sent}, "
                 f"skipped {self.not_pageviews} (not pageviews), malformed {self.malformed}, rejected {self.rejected}")
 
 
@@ -167,7 +168,7 @@ class LogImporter:
     def _add_entry(self, stream: str) -> None:
         events = self._pending.pop(stream)
         self._entries.append((stream, encode_entry(events)))
-        self.summary.events_written += len(events)
+        self.summary.events_sent += len(events)
 
     async def _flush(self, final: bool = False) -> None:
         if final:
@@ -188,7 +189,7 @@ class LogImporter:
             return
         self._last_progress = now
         rate = self.summary.lines_read / max(now - self._started, 1e-6)
-        print(f"importing {path}: {self.summary.lines_read} lines read, {self.summary.events_written} events, "
+        print(f"importing {path}: {self.summary.lines_read} lines read, {self.summary.events_sent} events, "
               f"{rate:,.0f} lines/s", file=self.progress)
 
 

@@ -19,7 +19,7 @@ from tests.ops.test_replay_stream import run_weir
 LOG = DATA / "access-logs" / "apache_combined.log"
 NGINX_FORMAT = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
                 '"$http_referer" "$http_user_agent" rt=$request_time')
-EXPECTED_SUMMARY = "lines read 10000, events written 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
+EXPECTED_SUMMARY = "lines read 10000, events sent 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
 TOP_PATHS = [("/", 572), ("/blog/tags/puppet", 489), ("/projects/xdotool/", 219),
              ("/projects/xdotool/xdotool.xhtml", 153), ("/articles/dynamic-dns-with-dhcp/", 135)]
 

@@ -24,7 +24,7 @@ from tests.conftest import API_KEY, DATA, REPO, service_env, wait_until_processe
 from tests.ingest.conftest import stream_events
 
 LOG = DATA / "access-logs" / "apache_combined.log"
-EXPECTED_SUMMARY = "lines read 10000, events written 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
+EXPECTED_SUMMARY = "lines read 10000, events sent 4173, skipped 5826 (not pageviews), malformed 1, rejected 0"
 EXPECTED_OVERVIEW = {"pageviews": 1777, "bot_pageviews": 2396, "visitors": 1005, "sessions": 1126, "events": 0}
 SITE = Site("semicomplete.com", "UTC", ("www.semicomplete.com",))
 
@@ -136,7 +136,7 @@ async def test_import_long_user_agent_truncated(redis, tmp_path):
 
     summary = await LogImporter(redis, SITE, progress=None).import_files([log])
 
-    assert summary.events_written == 1
+    assert summary.events_sent == 1
     [event] = await stream_events(redis)
     assert event.user_agent == user_agent[:2048]
     assert len(event.user_agent) == 2048
@@ -171,7 +171,7 @@ async def test_corrupt_gzip_imports_nothing(database_url, redis_url, redis, tmp_
 
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        "lines read 0, events written 0, skipped 0 (not pageviews), malformed 0, rejected 0"]
+        "lines read 0, events sent 0, skipped 0 (not pageviews), malformed 0, rejected 0"]
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error.startswith(f"error: {path} is corrupt (")
     assert error.endswith("), so none of its lines were read: lines decoded before the damage may be garbled; "
@@ -189,7 +189,7 @@ async def test_truncated_gzip_imports_lines_before(database_url, redis_url, redi
 
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        "lines read 6280, events written 2828, skipped 3452 (not pageviews), malformed 0, rejected 0"]
+        "lines read 6280, events sent 2828, skipped 3452 (not pageviews), malformed 0, rejected 0"]
     assert result.stderr.splitlines() == [
         f"error: {path} is truncated or corrupt at line 6281 (Compressed file ended before the end-of-stream "
         "marker was reached); the lines before it are written; importing the repaired file again skips the "
