@@ -98,10 +98,10 @@ async def run_up(args: argparse.Namespace) -> int:
     configure_logging(collector.LOG_LEVEL)
 
     services = ServiceSet(reuse_port=collector.REUSE_PORT)
-    services.add_processor(Processor(processor), processor.METRICS_PORT, host)
-    services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT)
-    services.add_app("api", create_api_app(api), api.HOST, api.PORT)
-    services.add_app("realtime", create_realtime_app(realtime), realtime.HOST, realtime.PORT)
+    services.add_processor(Processor(processor), processor.METRICS_PORT, host, "--processor-metrics-port")
+    services.add_app("collector", create_collector_app(collector), collector.HOST, collector.PORT, "--collector-port")
+    services.add_app("api", create_api_app(api), api.HOST, api.PORT, "--api-port")
+    services.add_app("realtime", create_realtime_app(realtime), realtime.HOST, realtime.PORT, "--realtime-port")
     await run_services(services)
     return 0
 

@@ -33,18 +33,21 @@ stop can take twice this plus the pool's close, which must stay within the 40 s 
 class ServiceSet:
     """HTTP applications with their addresses, and processors, to run together."""
 
-    apps: list[tuple[str, web.Application, str, int]] = field(default_factory=list)
-    processors: list[tuple[Processor, int, str]] = field(default_factory=list)
+    apps: list[tuple[str, web.Application, str, int, str]] = field(default_factory=list)
+    """Name, application, host, port, and the setting that chose the port, for errors."""
+    processors: list[tuple[Processor, int, str, str]] = field(default_factory=list)
     reuse_port: bool = False
     """Listen with SO_REUSEPORT. Off by default: with it, a second server started on a port by
     mistake (say, against another database) shares the connections silently instead of failing."""
 
-    def add_app(self, name: str, app: web.Application, host: str, port: int) -> None:
-        self.apps.append((name, app, host, port))
+    def add_app(self, name: str, app: web.Application, host: str, port: int,
+                port_setting: str = "PORT or --port") -> None:
+        self.apps.append((name, app, host, port, port_setting))
 
-    def add_processor(self, processor: Processor, health_port: int, host: str = "0.0.0.0") -> None:
+    def add_processor(self, processor: Processor, health_port: int, host: str = "0.0.0.0",
+                      port_setting: str = "METRICS_PORT or --metrics-port") -> None:
         """Run `processor`, with its /health and /metrics on `host`:`health_port` unless the port is 0."""
-        self.processors.append((processor, health_port, host))
+        self.processors.append((processor, health_port, host, port_setting))
 
 
 def install_stop_signals(stopping: asyncio.Event) -> None:
@@ -62,17 +65,17 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
     runners: list[web.AppRunner] = []
     processor_tasks: list[asyncio.Task] = []
     try:
-        for processor, health_port, host in services.processors:
+        for processor, health_port, host, port_setting in services.processors:
             if not await processor.start(stopping):
                 return  # A stop request came while Redis or PostgreSQL was unreachable.
             if health_port:
-                services.add_app("processor", create_processor_health_app(processor), host, health_port)
+                services.add_app("processor", create_processor_health_app(processor), host, health_port, port_setting)
             processor_tasks.append(asyncio.create_task(processor.run(stopping)))
-        for name, app, host, port in services.apps:
+        for name, app, host, port, port_setting in services.apps:
             runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
             await runner.setup()
             runners.append(runner)  # Before the bind, so a failed bind still runs the app's cleanup.
-            await _listen(runner, name, host, port, services.reuse_port)
+            await _listen(runner, name, host, port, port_setting, services.reuse_port)
             logger.info("service listening service=%s address=http://%s:%d", name, host, port)
         if ready is not None:
             ready.set()
@@ -80,21 +83,22 @@ async def run_services(services: ServiceSet, stopping: asyncio.Event | None = No
         await _wait_for_stop(stopping, processor_tasks)
     finally:
         stopping.set()
-        await _stop_processors(processor_tasks, [processor for processor, _port, _host in services.processors])
+        await _stop_processors(processor_tasks, [entry[0] for entry in services.processors])
         for runner in reversed(runners):
             await runner.cleanup()
-        for processor, _port, _host in services.processors:
-            await processor.close()
+        for entry in services.processors:
+            await entry[0].close()
         logger.info("services stopped")
 
 
-async def _listen(runner: web.AppRunner, name: str, host: str, port: int, reuse_port: bool) -> None:
+async def _listen(runner: web.AppRunner, name: str, host: str, port: int, port_setting: str,
+                  reuse_port: bool) -> None:
     """Bind `runner`'s application to `host`:`port`. Raise CommandError when the address cannot be used."""
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     except OSError as error:  # socket.gaierror too: an unknown host name or a malformed address
         raise CommandError(f"{name} failed to listen on host {host!r} port {port}: {error.strerror or error}. "
-                           "Set HOST or --host to a local address or host name, and the port to a free one") from None
+                           f"Set HOST or --host to a local address or host name, and {port_setting} to a free port") from None
 
 
 async def _stop_processors(tasks: list[asyncio.Task], processors: list[Processor]) -> None:

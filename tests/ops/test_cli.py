@@ -385,6 +385,7 @@ def test_unusable_host_one_line_error(host):
     assert "Traceback" not in result.stderr
     assert errors == [errors[0]]
     assert errors[0].startswith(f"error: realtime failed to listen on host {host!r} port ")
+    assert errors[0].endswith("Set HOST or --host to a local address or host name, and PORT or --port to a free port")
 
 
 async def test_dlq_list_gives_up_on_silent_redis():
@@ -398,3 +399,21 @@ async def test_dlq_list_gives_up_on_silent_redis():
 
     assert result.returncode == 1
     assert result.stderr == f"error: Redis at REDIS_URL failed: Timeout reading from 127.0.0.1:{port}\n"
+
+
+async def test_up_port_in_use_names_its_option(database_url, redis_url):
+    taken = await asyncio.start_server(lambda _reader, writer: writer.close(), "127.0.0.1", 0)
+    port = taken.sockets[0].getsockname()[1]
+    env = bare_env(NODE_ENV="development", REDIS_URL=redis_url, DATABASE_URL=database_url, API_KEYS="key")
+    try:
+        result = await asyncio.to_thread(run, ["up", "--collector-port", str(port), "--api-port", str(free_port()),
+                                               "--realtime-port", str(free_port()),
+                                               "--processor-metrics-port", str(free_port())], env)
+    finally:
+        taken.close()
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+
+    assert result.returncode == 1
+    assert errors == [f"error: collector failed to listen on host '127.0.0.1' port {port}: error while attempting to "
+                      f"bind on address ('127.0.0.1', {port}): address already in use. Set HOST or --host to a local "
+                      "address or host name, and --collector-port to a free port"]

@@ -38,7 +38,7 @@ async def test_port_in_use_is_an_error():
     assert str(raised.value) == (
         f"second failed to listen on host '127.0.0.1' port {port}: error while attempting to bind on address "
         f"('127.0.0.1', {port}): address already in use. Set HOST or --host to a local address or host name, "
-        "and the port to a free one")
+        "and PORT or --port to a free port")
 
 
 async def test_reuse_port_shares_the_port():
