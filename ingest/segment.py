@@ -28,13 +28,14 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 from typing import Any
 
 from aiohttp import web
 
 from ingest.body import RequestRejected, check_content_type, expect_continue, parse_json, read_body
 from ingest.intake import INTAKE_KEY, event_route, json_response, retry_headers
-from ingest.validate import InvalidEvent, parse_timestamp
+from ingest.validate import MAX_ID_CHARS, InvalidEvent, parse_timestamp
 
 WRITE_KEYS_KEY = web.AppKey("segment_write_keys", dict)
 SINGLE_MESSAGE_TYPES = ("track", "page", "screen", "identify", "group", "alias")
@@ -137,15 +138,15 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
     own_context = message.get("context")
     context = {**batch_context, **own_context} if isinstance(own_context, dict) else batch_context
 
-    user_id = _text(message.get("userId"))
-    anonymous_id = _text(message.get("anonymousId"))
+    user_id = _id_text(message, "userId")
+    anonymous_id = _id_text(message, "anonymousId")
     item: dict[str, Any] = {
         "site": site,
-        "id": _text(message.get("messageId")),
+        "id": _id_text(message, "messageId"),
         "timestamp": message.get("timestamp") or message.get("originalTimestamp"),
         "sent_at": message.get("sentAt"),
         "user_id": user_id,
-        "anonymous_id": anonymous_id or (f"user:{user_id}" if user_id else None),
+        "anonymous_id": anonymous_id or (_user_key(user_id) if user_id else None),
         "user_agent": _text(context.get("userAgent")),
         "ip": _text(context.get("ip")),
     }
@@ -161,6 +162,26 @@ def segment_item(message: Any, *, site: str, default_type: str | None, batch_con
         # Dropping it would store a retried message twice, since messageId is what deduplicates it.
         raise InvalidEvent("invalid_field", f"messageId must be a string or a number, got {type(message_id).__name__}")
     return item
+
+
+def _id_text(message: dict, field: str) -> str | None:
+    """Return `message[field]` as _text does; raise InvalidEvent, naming Segment's field, when it is too long."""
+    text = _text(message.get(field))
+    if text is not None and len(text) > MAX_ID_CHARS:
+        raise InvalidEvent("invalid_field", f"{field} is {len(text)} characters long; the limit is {MAX_ID_CHARS}")
+    return text
+
+
+def _user_key(user_id: str) -> str:
+    """Return the anonymous id that stands for a known user without an anonymousId.
+
+    The visitor id is hashed from it. A user id too long for the prefix to fit under MAX_ID_CHARS
+    is hashed first, so every valid userId is accepted.
+    """
+    key = f"user:{user_id}"
+    if len(key) <= MAX_ID_CHARS:
+        return key
+    return "user:sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
 
 
 def _reject_without_ids(message: dict, kind: str) -> None:

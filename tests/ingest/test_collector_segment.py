@@ -266,6 +266,29 @@ async def test_blank_and_whole_number_ids(http, collector, redis_client):
     assert fraction_user.id == str(stable_event_id("example.com", "12", WHEN_MS))
 
 
+async def test_long_ids_named_by_segment_field(http, collector, redis_client):
+    longest, other_longest = "u" * 255, "v" * 254 + "w"
+    batch = [{"type": "track", "event": "e", "anonymousId": "7" * 300},
+             {"type": "track", "event": "e", "userId": "u" * 256},
+             {"type": "track", "event": "e", "userId": "u", "messageId": "m" * 256},
+             {"type": "track", "event": "ok", "userId": longest},
+             {"type": "track", "event": "other", "userId": other_longest}]
+
+    async with http.post(collector.route("/v1/batch"), json={"batch": batch},
+                         headers={"Authorization": basic(WRITE_KEY)}) as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["rejected"] == [
+        {"index": 0, "reason": "invalid_field", "error": "anonymousId is 300 characters long; the limit is 255"},
+        {"index": 1, "reason": "invalid_field", "error": "userId is 256 characters long; the limit is 255"},
+        {"index": 2, "reason": "invalid_field", "error": "messageId is 256 characters long; the limit is 255"}]
+    stored, other = await stream_events(redis_client)
+    assert (stored.action, stored.user_id) == ("ok", longest)
+    assert (other.action, other.user_id) == ("other", other_longest)
+    assert stored.visitor_id != other.visitor_id
+
+
 async def test_sent_at_corrects_skewed_clock(http, collector, redis_client):
     skewed = {"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": "m",
                          "timestamp": "2030-01-01T00:00:00.000Z"}],
