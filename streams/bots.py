@@ -13,6 +13,15 @@ every mainstream browser sends the header.
 
 Only the first MAX_MATCHED_CHARS characters are matched, because matching
 takes time that grows with the length of the string.
+
+The two crawler lists run on RE2 (the `google-re2` package), whose automaton
+matches all of a list's patterns in one pass over the string, while Python's
+`re` tries each of crawlerdetect's 1,462 patterns at every position. A new
+user agent of the sample access log took 0.59 ms with `re` and takes 0.12 ms
+(557 distinct ones, CPython 3.11, google-re2 1.1). RE2 folds case by Unicode's
+simple rules, so "İ" (U+0130) no longer matches an "i" of a pattern. The
+verdicts are the same on the 66,815 distinct strings of the test data and the
+access log, each also with its letter case swapped.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import crawleruseragents
+import re2
 from crawlerdetect.providers.crawlers import data as crawlerdetect_crawlers
 from crawlerdetect.providers.exclusions import data as crawlerdetect_exclusions
 
@@ -35,8 +45,9 @@ logger = logging.getLogger(__name__)
 CACHE_SIZE = 50_000
 
 # Characters of a user agent that are matched; the rest is ignored, so a bot
-# name that appears only after them goes undetected. Matching takes about 30
-# microseconds per character (16 ms at most for 512, measured on CPython 3.11).
+# name that appears only after them goes undetected. Matching 512 random
+# letters takes about 0.9 ms, against 11 ms with Python's `re` for both lists
+# (measured on CPython 3.11).
 # The longest user agent in the uap-core and crawler-user-agents test data has
 # 492 characters, so every one of them is matched in full.
 MAX_MATCHED_CHARS = 512
@@ -77,21 +88,54 @@ def _browser_token_regex() -> re.Pattern[str]:
 _BACKTRACKING_PREFIX = r"[a-z0-9\-_]*"
 
 
-@functools.cache
-def _crawlerdetect_regex() -> re.Pattern[str]:
-    """Compile the crawlerdetect list as CrawlerDetect does, without _BACKTRACKING_PREFIX."""
-    patterns = (pattern.removeprefix(_BACKTRACKING_PREFIX) for pattern in crawlerdetect_crawlers)
-    return re.compile("|".join(patterns), re.IGNORECASE)
+RE2_MAX_MEMORY = 32 << 20
+"""Bytes RE2 may use per compiled list. Its default of 8 MiB leaves the crawler-user-agents
+automaton short of memory, and RE2 then falls back to a slower matcher and logs each time.
+Compiling both lists and matching 5,000 user agents grew a process by 14 MiB."""
+
+
+def _re2_options(case_sensitive: bool) -> re2.Options:
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.max_mem = RE2_MAX_MEMORY
+    options.log_errors = False
+    # The detector needs only whether a pattern matches, so RE2 need not track groups.
+    options.never_capture = True
+    return options
+
+
+def _needs_python_re(pattern: str) -> bool:
+    """Return whether `pattern` uses a lookaround, which RE2 does not support."""
+    return "(?=" in pattern or "(?!" in pattern or "(?<" in pattern
 
 
 @functools.cache
-def _crawler_user_agents_regex() -> re.Pattern[str]:
+def _crawlerdetect_regexes() -> tuple[re2._Regexp, re.Pattern[str] | None]:
+    """Compile the crawlerdetect list as CrawlerDetect does, without _BACKTRACKING_PREFIX.
+
+    Return the RE2 regex of the patterns RE2 supports and a Python regex of the rest
+    (crawlerdetect 0.4.2 has one, "Yandex(?!Search)"), or None when there is no rest.
+    """
+    patterns = [pattern.removeprefix(_BACKTRACKING_PREFIX) for pattern in crawlerdetect_crawlers]
+    lookarounds = [pattern for pattern in patterns if _needs_python_re(pattern)]
+    supported = [pattern for pattern in patterns if not _needs_python_re(pattern)]
+    rest = re.compile("|".join(lookarounds), re.IGNORECASE) if lookarounds else None
+    return re2.compile("|".join(supported), _re2_options(case_sensitive=False)), rest
+
+
+@functools.cache
+def _crawler_user_agents_regex() -> re2._Regexp:
     """Compile the crawler-user-agents list into one case-sensitive regex.
 
     The package's own is_crawler() matches case-sensitively by default.
     """
     patterns = (entry["pattern"] for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA)
-    return re.compile("|".join(patterns))
+    return re2.compile("|".join(patterns), _re2_options(case_sensitive=True))
+
+
+def _crawlerdetect_match(text: str) -> bool:
+    supported, rest = _crawlerdetect_regexes()
+    return supported.search(text) is not None or (rest is not None and rest.search(text) is not None)
 
 
 def _compile_extra_patterns(patterns: Iterable[str]) -> re.Pattern[str] | None:
@@ -147,7 +191,7 @@ class BotDetector:
             return True
         # CrawlerDetect.is_crawler also removes the browser tokens before it matches.
         without_browser_tokens = _browser_token_regex().sub("", user_agent)
-        if without_browser_tokens and _crawlerdetect_regex().search(without_browser_tokens):
+        if without_browser_tokens and _crawlerdetect_match(without_browser_tokens):
             return True
         return _crawler_user_agents_regex().search(without_browser_tokens) is not None
 

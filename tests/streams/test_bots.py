@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import crawleruseragents
 from crawlerdetect import CrawlerDetect
 from crawlerdetect.providers.crawlers import data as crawlerdetect_crawlers
 
@@ -260,7 +261,8 @@ def test_long_user_agent_late_bot_missed():
 
 
 def test_crawlerdetect_backtracking_prefix_removed():
-    pattern = bots._crawlerdetect_regex().pattern
+    supported, rest = bots._crawlerdetect_regexes()
+    pattern = supported.pattern + "|" + rest.pattern
 
     assert bots._BACKTRACKING_PREFIX in "|".join(crawlerdetect_crawlers)
     assert bots._BACKTRACKING_PREFIX not in pattern
@@ -277,8 +279,25 @@ def test_crawlerdetect_verdicts_unchanged():
     differ = []
     for user_agent in user_agents:
         without_browser_tokens = bots._browser_token_regex().sub("", user_agent.strip())
-        ours = bool(without_browser_tokens) and bots._crawlerdetect_regex().search(without_browser_tokens) is not None
+        ours = bool(without_browser_tokens) and bots._crawlerdetect_match(without_browser_tokens)
         if ours != crawler_detect.is_crawler(user_agent):
+            differ.append(user_agent)
+
+    assert len(user_agents) == 2116 + 1601
+    assert differ == []
+
+
+def test_crawler_user_agents_verdicts_unchanged():
+    # RE2 flags exactly the strings that the package's own is_crawler() flags with Python's re,
+    # after the same browser tokens are removed.
+    user_agents = _load_crawler_instances() + [
+        case["user_agent_string"] for case in _load_uap_cases("tests/test_ua.yaml")
+    ]
+    differ = []
+    for user_agent in user_agents:
+        without_browser_tokens = bots._browser_token_regex().sub("", user_agent.strip())
+        ours = bots._crawler_user_agents_regex().search(without_browser_tokens) is not None
+        if ours != crawleruseragents.is_crawler(without_browser_tokens):
             differ.append(user_agent)
 
     assert len(user_agents) == 2116 + 1601
