@@ -136,13 +136,20 @@ async def get_site(conn: asyncpg.Connection, domain: str) -> Site | None:
 
 
 async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> int:
-    """Copy every row of `sites` into the Redis directory the collector reads; return the count.
+    """Replace the Redis directory the collector reads with every row of `sites`; return the count.
 
-    Where an older version let two sites list the same alias, the site added first keeps it.
+    Hosts that no row names any more are removed from the directory. Where an older version let
+    two sites list the same alias, the site added first keeps it.
     """
-    sites = await load_sites(conn, oldest_first=True)
-    await directory.publish(sites)
-    logger.info("site directory published sites=%d", len(sites))
+    async with conn.transaction():
+        # The lock that add_site takes is held until Redis has the copy, so no row changes between
+        # the read and the write, and publishes run one at a time. Otherwise a publish that read
+        # the rows before a `weir site add` could write after that add's own publish and delete
+        # the new site from the directory. Readers of the table do not wait.
+        await conn.execute("LOCK TABLE sites IN SHARE ROW EXCLUSIVE MODE")
+        sites = await load_sites(conn, oldest_first=True)
+        removed = await directory.publish(sites)
+    logger.info("site directory published sites=%d hosts_removed=%d", len(sites), len(removed))
     return len(sites)
 
 

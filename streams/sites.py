@@ -23,6 +23,32 @@ logger = logging.getLogger(__name__)
 CACHE_TTL_S = 5.0
 """How long a collector trusts its copy of the directory; a new site is accepted within this."""
 
+# KEYS: the directory hash. ARGV: host, record, host, record, ... The script deletes every host
+# not in ARGV, writes the others and returns the deleted hosts. Redis runs a script atomically, so
+# an HGETALL returns the old directory or the new one, never one without a live site. The chunks
+# of 1000 stay below the 8000 values that unpack() takes (LUAI_MAXCSTACK in Redis 7.0's Lua).
+_REPLACE_SCRIPT = """
+local keep = {}
+for i = 1, #ARGV, 2 do
+    keep[ARGV[i]] = true
+end
+local removed = {}
+for _, host in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not keep[host] then
+        removed[#removed + 1] = host
+    end
+end
+for i = 1, #removed, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(removed, i, math.min(i + 999, #removed)))
+end
+for i = 1, #ARGV, 1000 do
+    redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return removed
+"""
+MAX_LOGGED_HOSTS = 20
+"""Maximum number of removed hosts a publish names in its log line; the count covers them all."""
+
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -79,9 +105,14 @@ class SiteDirectory:
         form is found without normalizing it again."""
         self._loaded_at = float("-inf")
         self._reload_lock = asyncio.Lock()
+        self._replace = redis.register_script(_REPLACE_SCRIPT)
 
-    async def publish(self, sites: list[Site]) -> None:
-        """Write `sites` (each under its domain and every alias) into the Redis hash.
+    async def publish(self, sites: list[Site]) -> list[str]:
+        """Replace the Redis hash with `sites`, each under its domain and every alias; return the hosts removed.
+
+        `sites` is the whole directory: a host that none of them names is deleted, in the same
+        atomic step that writes the others, and an empty list empties the hash. Of two publishes
+        at once the later one wins, so publish_sites runs them one at a time.
 
         Each host maps to one site. A site's domain always maps to that site, even where another
         site lists it as an alias, and an alias listed by two sites goes to the one earlier in
@@ -103,10 +134,13 @@ class SiteDirectory:
                                    host, owner.domain, site.domain)
         records = {site.domain: orjson.dumps({"domain": site.domain, "timezone": site.timezone,
                                               "aliases": list(site.aliases)}) for site in sites}
-        mapping = {host: records[site.domain] for host, site in owners.items()}
-        if mapping:
-            await self._redis.hset(SITES_HASH, mapping=mapping)
+        pairs = [value for host, site in owners.items() for value in (host, records[site.domain])]
+        removed = sorted(host.decode() for host in await self._replace(keys=[SITES_HASH], args=pairs))
+        if removed:
+            listed = ",".join(removed[:MAX_LOGGED_HOSTS]) + (",..." if len(removed) > MAX_LOGGED_HOSTS else "")
+            logger.info("site directory hosts removed count=%d hosts=%s", len(removed), listed)
         self._loaded_at = float("-inf")
+        return removed
 
     def cached_lookup(self, host: str) -> Site | None | bool:
         """Return what `lookup` would, or False when the cached directory is too old to answer."""

@@ -1,5 +1,6 @@
 """The sites table against the Redis directory: rows that share a host, as older versions of
-`weir site add` stored them, and concurrent adds that claim one host."""
+`weir site add` stored them, concurrent adds that claim one host, and hosts that leave the
+directory."""
 
 from __future__ import annotations
 
@@ -124,3 +125,83 @@ async def test_add_site_waits_for_concurrent_add(db, database_url):
                                    "to one site only, so drop --alias www.x.example, or first remove it from the "
                                    "aliases of 'x.example' in the sites table")
     assert [site.domain for site in await load_sites(db)] == ["x.example"]
+
+
+async def test_publish_removes_stale_hosts(db, redis, caplog):
+    await store_legacy_rows(db)
+    record = orjson.dumps({"domain": "a.example", "timezone": "UTC", "aliases": []})
+    # Keys that an older version wrote (`http`, `https`), and an alias deleted from the table
+    # with SQL after it had been published.
+    await redis.hset(SITES_HASH, mapping={"http": record, "https": record, "old.a.example": record})
+
+    with caplog.at_level(logging.INFO, logger="sinks.sites"):
+        await publish_sites(db, SiteDirectory(redis))
+
+    assert await directory_hash(redis) == EXPECTED_DIRECTORY
+    assert [r.getMessage() for r in caplog.records if r.name == "sinks.sites"] == [
+        "site directory published sites=3 hosts_removed=3"]
+
+
+async def test_publish_of_no_sites_empties_directory(redis):
+    await SiteDirectory(redis).publish([Site("a.example", "UTC", ("www.a.example",))])
+
+    removed = await SiteDirectory(redis).publish([])
+
+    assert removed == ["a.example", "www.a.example"]
+    assert await redis.exists(SITES_HASH) == 0
+
+
+async def test_publish_keeps_live_site_visible(redis):
+    # Each publish swaps the alias of a.example. A read between the two steps of a non-atomic
+    # replacement (delete, then write) would find a.example missing.
+    layouts = [[Site("a.example", "UTC", ("www.a.example",))], [Site("a.example", "UTC", ("shop.a.example",))]]
+    directory = SiteDirectory(redis)
+    publishing = True
+    reads_without_site = 0
+    reads = 0
+
+    async def read_until_done() -> None:
+        nonlocal reads, reads_without_site
+        while publishing:
+            hosts = await redis.hkeys(SITES_HASH)
+            reads += 1
+            reads_without_site += b"a.example" not in hosts
+
+    await directory.publish(layouts[0])
+    reading = asyncio.create_task(read_until_done())
+    try:
+        for round_number in range(200):
+            await directory.publish(layouts[round_number % 2])
+    finally:
+        publishing = False
+        await reading
+
+    assert reads > 0
+    assert reads_without_site == 0
+    assert await directory_hash(redis) == {"a.example": "a.example", "shop.a.example": "a.example"}
+
+
+async def test_publish_waits_for_concurrent_add(db, redis, database_url):
+    # Without waiting, a publish that read the table before the add committed would write its
+    # older copy after the add's own publish and delete new.example from the directory.
+    await run_guard(db, apply=True)
+    await add_site(db, Site("a.example", "UTC"))
+    other = await asyncpg.connect(database_url)
+    try:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute("LOCK TABLE sites IN SHARE ROW EXCLUSIVE MODE")
+        await other.execute("INSERT INTO sites (domain, aliases) VALUES ('new.example', '{www.new.example}')")
+        publishing = asyncio.create_task(publish_sites(db, SiteDirectory(redis)))
+        await asyncio.sleep(0.5)
+        waited = not publishing.done()
+        await transaction.commit()
+        published = await publishing
+    finally:
+        await other.close()
+
+    assert waited
+    assert published == 2
+    assert await directory_hash(redis) == {"a.example": "a.example", "new.example": "new.example",
+                                           "www.new.example": "new.example"}
+
