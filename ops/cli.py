@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--retention-days", type=int, metavar="DAYS",
                          help="days of raw_events the retention policy keeps (sets RETENTION_DAYS, default 90)")
 
-    site = commands.add_parser("site", help="add or list the sites Weir collects for")
+    site = commands.add_parser("site", help="add, list or change the sites Weir collects for")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     site_add = site_commands.add_parser("add", help="add a site, or update its time zone and aliases")
     site_add.add_argument("domain", help="the site's domain, e.g. example.com")
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     site_add.add_argument("--alias", action="append", default=[], metavar="HOST",
                           help="another host name of the same site, e.g. www.example.com; repeatable")
     site_commands.add_parser("list", help="list the sites")
+    site_remove_alias = site_commands.add_parser(
+        "remove-alias", help="remove an alias from a site, so the collector no longer accepts events for it")
+    site_remove_alias.add_argument("domain", help="the site's domain, e.g. example.com")
+    site_remove_alias.add_argument("alias", help="the alias to remove, e.g. www.example.com")
 
     dlq = commands.add_parser("dlq", help="inspect and requeue entries parked in the dead-letter stream")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

@@ -33,12 +33,12 @@ from sinks.processor import Processor, tune_garbage_collection
 from sinks.rebuild import RangeBeforeRawEvents
 from sinks.settings import ProcessorSettings
 from streams.bots import read_bot_patterns
-from sinks.sites import InvalidSite, add_site, get_site, load_sites, publish_sites, validate_site
+from sinks.sites import InvalidSite, add_site, get_site, load_sites, publish_sites, remove_alias, validate_site
 from streams.dead_letter import list_all_dead_letters, requeue_all
 from streams.partitions import StreamPartitions
-from streams.sites import SiteDirectory
+from streams.sites import SiteDirectory, normalize_host
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, connect_redis
+from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
 from weir.settings import ConfigError, load_settings
 
 
@@ -179,24 +179,44 @@ async def site(args: argparse.Namespace) -> int:
                 aliases = ", ".join(item.aliases) or "-"
                 print(f"{item.domain}\t{item.timezone}\taliases: {aliases}")
             return 0
-        try:
-            record = validate_site(args.domain, args.timezone, args.alias)
-        except InvalidSite as error:
-            raise CommandError(str(error)) from None
-        try:
-            await add_site(conn, record)
-        except InvalidSite as error:
-            raise CommandError(str(error)) from None
-        await publish_sites(conn, SiteDirectory(redis))
-        stored = await get_site(conn, record.domain)
-        print(f"site {stored.domain} ready (time zone {stored.timezone}, aliases: {', '.join(stored.aliases) or '-'})")
-        return 0
-    except REDIS_ERRORS as error:
-        raise CommandError(f"the site is stored, but publishing it to REDIS_URL failed: {error}; "
-                           "the next processor start publishes it") from None
+        if args.site_command == "remove-alias":
+            return await _remove_alias(conn, redis, args.domain, args.alias)
+        return await _add_site(conn, redis, args)
     finally:
         await conn.close()
         await redis.aclose()
+
+
+async def _add_site(conn: asyncpg.Connection, redis: RedisClient, args: argparse.Namespace) -> int:
+    try:
+        record = validate_site(args.domain, args.timezone, args.alias)
+        await add_site(conn, record)
+    except InvalidSite as error:
+        raise CommandError(str(error)) from None
+    try:
+        await publish_sites(conn, SiteDirectory(redis))
+    except REDIS_ERRORS as error:
+        raise CommandError(f"the site is stored, but publishing it to REDIS_URL failed: {error}; "
+                           "the next processor start publishes it") from None
+    stored = await get_site(conn, record.domain)
+    print(f"site {stored.domain} ready (time zone {stored.timezone}, aliases: {', '.join(stored.aliases) or '-'})")
+    return 0
+
+
+async def _remove_alias(conn: asyncpg.Connection, redis: RedisClient, domain: str, alias: str) -> int:
+    try:
+        stored = await remove_alias(conn, domain, alias)
+    except InvalidSite as error:
+        raise CommandError(str(error)) from None
+    removed = normalize_host(alias)
+    try:
+        await publish_sites(conn, SiteDirectory(redis))
+    except REDIS_ERRORS as error:
+        raise CommandError(f"alias {removed!r} is removed from the sites table, but publishing the directory to "
+                           f"REDIS_URL failed: {error}; the collector accepts the alias until a processor start, "
+                           "`weir site add` or `weir site remove-alias` publishes the directory again") from None
+    print(f"site {stored.domain}: alias {removed} removed (aliases: {', '.join(stored.aliases) or '-'})")
+    return 0
 
 
 async def _has_sites_table(conn: asyncpg.Connection) -> bool:

@@ -87,16 +87,16 @@ def host_conflict(site: Site, stored: list[Site]) -> str | None:
         other_aliases = {normalize_host(alias) for alias in other.aliases}
         if not existing and site.domain in other_aliases:
             return (f"domain {site.domain!r} is already an alias of site {other.domain!r}: a host belongs to one "
-                    f"site only, so add aliases to {other.domain!r} instead, or first remove {site.domain!r} "
-                    f"from its aliases in the sites table")
+                    f"site only, so add aliases to {other.domain!r} instead, or first run "
+                    f"`weir site remove-alias {other.domain} {site.domain}`")
         for alias in site.aliases:
             if alias == other.domain:
                 return (f"alias {alias!r} is the domain of site {other.domain!r}: a host belongs to one site only, "
                         f"so drop --alias {alias}")
             if alias in other_aliases:
                 return (f"alias {alias!r} is already an alias of site {other.domain!r}: a host belongs to one "
-                        f"site only, so drop --alias {alias}, or first remove it from the aliases of "
-                        f"{other.domain!r} in the sites table")
+                        f"site only, so drop --alias {alias}, or first run "
+                        f"`weir site remove-alias {other.domain} {alias}`")
     return None
 
 
@@ -110,6 +110,53 @@ async def add_site(conn: asyncpg.Connection, site: Site) -> None:
         if conflict is not None:
             raise InvalidSite(conflict)
         await upsert_site(conn, site)
+
+
+async def remove_alias(conn: asyncpg.Connection, domain: str, alias: str) -> Site:
+    """Remove `alias` from the aliases of site `domain` and return the site as stored.
+
+    Both names are normalised as `weir site add` does, and every stored spelling of the alias is
+    removed. Raises InvalidSite, changing nothing, when there is no such site or the alias is not
+    one of its aliases. The directory in Redis keeps the alias until publish_sites runs.
+    """
+    domain_host, alias_host = normalize_host(domain), normalize_host(alias)
+    async with conn.transaction():
+        # The lock of add_site, so a concurrent add that claims this alias checks it before the
+        # removal or after the commit.
+        await conn.execute("LOCK TABLE sites IN SHARE ROW EXCLUSIVE MODE")
+        sites = await load_sites(conn)
+        site = next((item for item in sites if item.domain == domain_host), None)
+        if site is None:
+            raise InvalidSite(_unknown_site_message(domain, domain_host))
+        # Rows written by older versions may contain aliases in another spelling, or values that
+        # are not host names at all, so the match is on the normalised value without checking it.
+        stored = [item for item in site.aliases if normalize_host(item) == alias_host]
+        if not stored:
+            raise InvalidSite(_not_an_alias_message(alias, alias_host, site, sites))
+        await conn.execute("UPDATE sites SET aliases = array(SELECT a FROM unnest(aliases) AS a WHERE a <> ALL($2)) "
+                           "WHERE domain = $1", site.domain, stored)
+    return await get_site(conn, site.domain)
+
+
+def _unknown_site_message(typed: str, host: str) -> str:
+    if not is_host_name(host):
+        return (f"invalid domain {_abbreviated(typed)!r}: give the domain of a site as `weir site list` "
+                "prints it, such as example.com")
+    return f"unknown site {host!r}: list sites with `weir site list`"
+
+
+def _not_an_alias_message(typed: str, host: str, site: Site, sites: list[Site]) -> str:
+    if host == site.domain:
+        return (f"{host!r} is the domain of site {site.domain!r}, not an alias: a site keeps its domain, so give "
+                "one of its aliases")
+    if not is_host_name(host):
+        return f"invalid alias {_abbreviated(typed)!r}: give a host name such as www.{site.domain}"
+    owner = next((item for item in sites if host in {normalize_host(alias) for alias in item.aliases}), None)
+    if owner is not None:
+        return (f"{host!r} is not an alias of site {site.domain!r} but of site {owner.domain!r}: run "
+                f"`weir site remove-alias {owner.domain} {host}`")
+    aliases = ", ".join(site.aliases) or "none"
+    return f"{host!r} is not an alias of site {site.domain!r}, whose aliases are: {_abbreviated(aliases)}"
 
 
 async def upsert_site(conn: asyncpg.Connection, site: Site) -> None:

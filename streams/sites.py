@@ -1,8 +1,8 @@
 """The directory of known sites in Redis, which the collector reads to accept or reject events.
 
 The `sites` table in PostgreSQL is the record; this hash mirrors it because the collector
-talks only to Redis. `weir site add` writes both, and every processor start copies the table
-into the hash again, so a Redis that lost its data learns the sites back.
+talks only to Redis. `weir site add` and `weir site remove-alias` write both, and every processor
+start copies the table into the hash again, so a Redis that lost its data learns the sites back.
 """
 
 from __future__ import annotations

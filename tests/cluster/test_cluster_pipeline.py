@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
 from streams.event import decode_entry
-from streams.keys import PROCESSOR_GROUP
+from streams.keys import PROCESSOR_GROUP, SITES_HASH
 from streams.partitions import StreamPartitions
 from tests.cluster.conftest import TRUTH, import_log, start_processor, stop_processor, truth
 from tests.conftest import REPO, service_env, wait_until_processed, weir_command
@@ -97,3 +97,20 @@ async def test_malformed_entry_dead_letters_and_requeues(cluster, cluster_client
     assert requeued.stdout.strip() == "requeued 1 entry"
     assert await cluster_client.xlen(dead_letter_stream) == 0
     assert [fields for _id, fields in await cluster_client.xrange(stream)][-1] == {b"v": b"1", b"events": b"not json"}
+
+
+async def test_site_remove_alias_updates_directory(cluster, cluster_client: RedisCluster, database_url):
+    env = cluster_env(database_url, cluster.url)
+    added = await asyncio.to_thread(subprocess.run, weir_command("site", "add", "a.example", "--timezone", "UTC",
+                                                                 "--alias", "www.a.example"),
+                                    cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    # A key that an older version wrote. The publish deletes it along with the alias.
+    await cluster_client.hset(SITES_HASH, "https", b'{"domain": "a.example", "timezone": "UTC"}')
+
+    removed = await asyncio.to_thread(subprocess.run, weir_command("site", "remove-alias", "a.example",
+                                                                   "www.a.example"),
+                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+    assert added.returncode == 0, added.stderr
+    assert (removed.returncode, removed.stdout) == (0, "site a.example: alias www.a.example removed (aliases: -)\n")
+    assert await cluster_client.hkeys(SITES_HASH) == [b"a.example"]

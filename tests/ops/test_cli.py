@@ -19,7 +19,8 @@ from tests.conftest import (API_KEY, REDIS_SERVER_URL, REDIS_TEST_DB, REPO, free
                             weir_command)
 
 SUBCOMMANDS = [["collector"], ["processor"], ["api"], ["realtime"], ["up"], ["schema", "check"], ["schema", "apply"],
-               ["schema", "sql"], ["site", "add"], ["site", "list"], ["import-logs"], ["dlq", "list"], ["dlq", "requeue"],
+               ["schema", "sql"], ["site", "add"], ["site", "list"], ["site", "remove-alias"], ["import-logs"],
+               ["dlq", "list"], ["dlq", "requeue"],
                ["replay", "events"], ["replay", "stream"], ["replay", "archive"]]
 
 
@@ -253,13 +254,13 @@ def test_site_add_rejects_alias_of_another_domain(database_url, redis_url):
 @pytest.mark.parametrize(("args", "message"), [
     (["b.example", "--alias", "www.a.example"],
      "alias 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so drop "
-     "--alias www.a.example, or first remove it from the aliases of 'a.example' in the sites table"),
+     "--alias www.a.example, or first run `weir site remove-alias a.example www.a.example`"),
     (["b.example", "--alias", "https://WWW.A.example/"],
      "alias 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so drop "
-     "--alias www.a.example, or first remove it from the aliases of 'a.example' in the sites table"),
+     "--alias www.a.example, or first run `weir site remove-alias a.example www.a.example`"),
     (["www.a.example"],
      "domain 'www.a.example' is already an alias of site 'a.example': a host belongs to one site only, so add "
-     "aliases to 'a.example' instead, or first remove 'www.a.example' from its aliases in the sites table"),
+     "aliases to 'a.example' instead, or first run `weir site remove-alias a.example www.a.example`"),
     (["b.example", "--alias", "ok.b.example", "--alias", "a.example"],
      "alias 'a.example' is the domain of site 'a.example': a host belongs to one site only, so drop "
      "--alias a.example"),
@@ -290,6 +291,64 @@ def test_site_add_again_keeps_own_hosts(database_url, redis_url):
     assert again.stdout == "site a.example ready (time zone Europe/Berlin, aliases: shop.a.example, www.a.example)\n"
     assert listed.stdout == ("a.example\tEurope/Berlin\taliases: shop.a.example, www.a.example\n"
                              "b.example\tUTC\taliases: -\n")
+
+
+def test_remove_alias_updates_directory(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    first = run(["site", "add", "--timezone", "UTC", "a.example", "--alias", "www.a.example",
+                 "--alias", "shop.a.example"], env)
+
+    removed = run(["site", "remove-alias", "A.example", "https://WWW.a.example/path"], env)
+    listed = run(["site", "list"], env)
+
+    assert first.returncode == 0, first.stderr
+    assert (removed.returncode, removed.stderr) == (0, "")
+    assert removed.stdout == "site a.example: alias www.a.example removed (aliases: shop.a.example)\n"
+    assert listed.stdout == "a.example\tUTC\taliases: shop.a.example\n"
+    assert site_hash(redis_url) == {"a.example": "a.example", "shop.a.example": "a.example"}
+
+
+def test_remove_alias_then_add_moves_it(database_url, redis_url):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    run(["site", "add", "--timezone", "UTC", "old.example", "--alias", "www.example.com"], env)
+
+    removed = run(["site", "remove-alias", "old.example", "www.example.com"], env)
+    added = run(["site", "add", "--timezone", "UTC", "example.com", "--alias", "www.example.com"], env)
+
+    assert removed.returncode == 0, removed.stderr
+    assert added.returncode == 0, added.stderr
+    assert site_hash(redis_url) == {"example.com": "example.com", "www.example.com": "example.com",
+                                    "old.example": "old.example"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nosuch.example", "www.a.example"], "unknown site 'nosuch.example': list sites with `weir site list`"),
+    (["mailto:x@example.com", "www.a.example"],
+     "invalid domain 'mailto:x@example.com': give the domain of a site as `weir site list` prints it, "
+     "such as example.com"),
+    (["a.example", "nope.a.example"],
+     "'nope.a.example' is not an alias of site 'a.example', whose aliases are: www.a.example"),
+    (["a.example", "www.b.example"],
+     "'www.b.example' is not an alias of site 'a.example' but of site 'b.example': run "
+     "`weir site remove-alias b.example www.b.example`"),
+    (["a.example", "https://a.example/"],
+     "'a.example' is the domain of site 'a.example', not an alias: a site keeps its domain, so give one of "
+     "its aliases"),
+    (["a.example", "mailto:x@example.com"],
+     "invalid alias 'mailto:x@example.com': give a host name such as www.a.example"),
+], ids=["unknown-site", "invalid-domain", "not-an-alias", "alias-of-other-site", "domain", "invalid-alias"])
+def test_remove_alias_rejects_bad_names(database_url, redis_url, args, message):
+    env = bare_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    run(["site", "add", "--timezone", "UTC", "a.example", "--alias", "www.a.example"], env)
+    run(["site", "add", "--timezone", "UTC", "b.example", "--alias", "www.b.example"], env)
+
+    result = run(["site", "remove-alias", *args], env)
+    listed = run(["site", "list"], env)
+
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+    assert listed.stdout == "a.example\tUTC\taliases: www.a.example\nb.example\tUTC\taliases: www.b.example\n"
+    assert site_hash(redis_url) == {"a.example": "a.example", "www.a.example": "a.example",
+                                    "b.example": "b.example", "www.b.example": "b.example"}
 
 
 async def test_site_url_in_import_and_api(stack, tmp_path, db, redis):

@@ -1,6 +1,6 @@
 """The sites table against the Redis directory: rows that share a host, as older versions of
-`weir site add` stored them, concurrent adds that claim one host, and hosts that leave the
-directory."""
+`weir site add` stored them, concurrent adds that claim one host, hosts that leave the
+directory, and removing aliases."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from sinks.guard import run_guard
-from sinks.sites import InvalidSite, add_site, load_sites, publish_sites
+from sinks.sites import InvalidSite, add_site, load_sites, publish_sites, remove_alias
 from streams.keys import SITES_HASH
 from streams.sites import Site, SiteDirectory
 from tests.conftest import wait_until_processed
@@ -122,8 +122,8 @@ async def test_add_site_waits_for_concurrent_add(db, database_url):
 
     assert waited
     assert str(rejected.value) == ("alias 'www.x.example' is already an alias of site 'x.example': a host belongs "
-                                   "to one site only, so drop --alias www.x.example, or first remove it from the "
-                                   "aliases of 'x.example' in the sites table")
+                                   "to one site only, so drop --alias www.x.example, or first run "
+                                   "`weir site remove-alias x.example www.x.example`")
     assert [site.domain for site in await load_sites(db)] == ["x.example"]
 
 
@@ -205,3 +205,28 @@ async def test_publish_waits_for_concurrent_add(db, redis, database_url):
     assert await directory_hash(redis) == {"a.example": "a.example", "new.example": "new.example",
                                            "www.new.example": "new.example"}
 
+
+async def test_remove_alias_removes_every_spelling(db, redis):
+    # Older versions stored aliases as typed, so one host may be in a row more than once.
+    await run_guard(db, apply=True)
+    await db.execute("INSERT INTO sites (domain, aliases) VALUES "
+                     "('a.example', '{WWW.A.example,shop.a.example,www.a.example.}')")
+
+    stored = await remove_alias(db, "a.example", "www.a.example")
+    await publish_sites(db, SiteDirectory(redis))
+
+    assert stored == Site("a.example", "UTC", ("shop.a.example",))
+    assert await db.fetchval("SELECT aliases FROM sites WHERE domain = 'a.example'") == ["shop.a.example"]
+    assert await directory_hash(redis) == {"a.example": "a.example", "shop.a.example": "a.example"}
+
+
+async def test_remove_alias_frees_legacy_hijacked_domain(db, redis, caplog):
+    await store_legacy_rows(db)
+
+    stored = await remove_alias(db, "zz-hijack.example", "victim.example")
+    with caplog.at_level(logging.WARNING, logger="streams.sites"):
+        await publish_sites(db, SiteDirectory(redis))
+
+    assert stored == Site("zz-hijack.example", "UTC", ("www.shared.example", "www.zz-hijack.example"))
+    assert [r.getMessage() for r in caplog.records if r.name == "streams.sites"] == EXPECTED_WARNINGS[1:]
+    assert await directory_hash(redis) == EXPECTED_DIRECTORY
