@@ -20,7 +20,7 @@ import orjson
 from streams.event import PAGEVIEW, Event
 from streams.ids import new_event_id_text, stable_event_id_text
 from streams.paths import decode_path
-from streams.sites import SiteDirectory, normalize_host
+from streams.sites import SiteDirectory, host_name_problem, normalize_host
 from streams.visitor import SaltStore, utc_day, visitor_id
 
 MAX_TYPE_CHARS = 100
@@ -376,6 +376,11 @@ def _unknown_site(host: str) -> InvalidEvent:
         # A `site` such as "https://" is not empty but contains no host, so there is no site to name.
         return InvalidEvent("missing_site", f"site {host[:200]!r} contains no host name: send `site` (the domain) "
                                             "or an absolute `url`")
+    problem = host_name_problem(name)
+    if problem is not None:
+        # No site can have this name, since `weir site add` accepts host names only.
+        return InvalidEvent("invalid_field", f"site {host[:200]!r} is not a host name: {problem}. Send `site` as "
+                                             "the domain, such as example.com, or an absolute `url`")
     return InvalidEvent("unknown_site", f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`")
 
 

@@ -36,7 +36,7 @@ from streams.bots import read_bot_patterns
 from sinks.sites import InvalidSite, add_site, get_site, load_sites, publish_sites, remove_alias, validate_site
 from streams.dead_letter import list_all_dead_letters, requeue_all
 from streams.partitions import StreamPartitions
-from streams.sites import SiteDirectory, normalize_host
+from streams.sites import SiteDirectory, host_name_problem, normalize_host
 from weir.logs import configure_logging
 from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
 from weir.settings import ConfigError, load_settings
@@ -237,8 +237,7 @@ async def import_logs(args: argparse.Namespace) -> int:
     try:
         record = await SiteDirectory(redis).lookup(args.site)
         if record is None:
-            raise CommandError(f"unknown site {args.site!r}: add it first with "
-                               f"`weir site add {args.site} --timezone Area/City`")
+            raise CommandError(_unknown_site_message(args.site))
         shift = shift_for(newest_time(args.paths, args.log_format)) if args.shift_to_today else None
         importer = LogImporter(redis, record, log_format=args.log_format, shift=shift or shift_for(None),
                                partitions=StreamPartitions.from_settings(settings))
@@ -289,8 +288,16 @@ async def _check_dry_run_site(domain: str) -> None:
     finally:
         await redis.aclose()
     if record is None:
-        raise CommandError(f"unknown site {domain!r}: add it first with `weir site add {domain} --timezone "
-                           "Area/City`; the report shows what an import would read")
+        raise CommandError(f"{_unknown_site_message(domain)}; the report shows what an import would read")
+
+
+def _unknown_site_message(value: str) -> str:
+    """Return the error for a --site that no site has: the command that adds it, or what is wrong with it."""
+    name = normalize_host(value)
+    problem = host_name_problem(name)
+    if problem is not None:
+        return f"invalid --site {value[:200]!r}: {problem}; give the domain of a site, such as example.com"
+    return f"unknown site {name!r}: add it first with `weir site add {name} --timezone Area/City`"
 
 
 def check_log_file(path) -> None:

@@ -42,7 +42,7 @@ from query.live_settings import RealtimeSettings
 from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP, live_channel
 from streams.live import COUNT_WINDOW_S, VISITOR_WINDOW_S, LiveReader, LiveSnapshot, now_ms
 from streams.partitions import StreamPartitions
-from streams.sites import SiteDirectory
+from streams.sites import SiteDirectory, host_name_problem, normalize_host
 from weir.health import HealthChecks, add_health_routes
 from weir.redis import REDIS_ERRORS, RedisClient, connect_redis, pubsub_redis
 from weir.tasks import cancel_all_and_wait, cancel_and_wait
@@ -634,7 +634,12 @@ async def authorize(request: web.Request) -> str | web.Response:
     host = request.match_info["site"]
     site = await request.app[SITES_KEY].lookup(host)
     if site is None:
-        return json_error(request, 404, f"unknown site {host!r}: add it with `weir site add {host} --timezone Area/City`")
+        name = normalize_host(host)
+        problem = host_name_problem(name)
+        if problem is not None:
+            return json_error(request, 404, f"site {host[:200]!r} is not a host name: {problem}. Give the site's "
+                                            "domain, such as example.com")
+        return json_error(request, 404, f"unknown site {name!r}: add it with `weir site add {name} --timezone Area/City`")
     return site.domain
 
 

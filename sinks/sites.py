@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import asyncpg
 
-from streams.sites import Site, SiteDirectory, normalize_host
+from streams.sites import MAX_HOST_CHARS, Site, SiteDirectory, is_host_name, normalize_host
 
 logger = logging.getLogger(__name__)
 
 
 class InvalidSite(ValueError):
     """A domain, alias or time zone that cannot be used; the message names it and the fix."""
-
-
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-MAX_HOST_CHARS = 253
-
-
-def is_host_name(host: str) -> bool:
-    """True for a DNS host name: dot-separated labels of letters, digits and inner hyphens."""
-    return 0 < len(host) <= MAX_HOST_CHARS and all(_LABEL.match(label) for label in host.split("."))
 
 
 HOST_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})

@@ -94,6 +94,43 @@ def _url_host(value: str) -> str:
     return authority.rpartition("@")[2]
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MAX_HOST_CHARS = 253
+MAX_LABEL_CHARS = 63
+MAX_LISTED_CHARACTERS = 5
+"""Maximum number of distinct invalid characters that host_name_problem names."""
+
+
+def is_host_name(host: str) -> bool:
+    """True for a DNS host name: dot-separated labels of letters, digits and inner hyphens."""
+    return 0 < len(host) <= MAX_HOST_CHARS and all(_LABEL.match(label) for label in host.split("."))
+
+
+def host_name_problem(host: str) -> str | None:
+    """Return why `host`, as normalize_host returns it, is not a host name, or None when it is one.
+
+    The reason is a clause that starts with "it", for a message that names the value first. It
+    is None exactly when is_host_name is true, so for the names that `weir site add` accepts.
+    """
+    if not host:
+        return "it contains no host name"
+    if len(host) > MAX_HOST_CHARS:
+        return f"it is longer than {MAX_HOST_CHARS} characters"
+    others = sorted({char for char in host if not (char.isascii() and (char.isalnum() or char in ".-"))})
+    if others:
+        listed = " ".join(repr(char) for char in others[:MAX_LISTED_CHARACTERS])
+        punycode = ", so write an internationalised name in its xn-- form" if not host.isascii() else ""
+        return f"it contains {listed}, but a host name has only ASCII letters, digits, hyphens and dots{punycode}"
+    for label in host.split("."):
+        if not label:
+            return "it has an empty label: two dots in a row, or a dot at the start"
+        if len(label) > MAX_LABEL_CHARS:
+            return f"its label {label[:20]!r}... is longer than {MAX_LABEL_CHARS} characters"
+        if not _LABEL.match(label):
+            return f"its label {label!r} starts or ends with a hyphen"
+    return None
+
+
 class SiteDirectory:
     """Maps a host (a site's domain or one of its aliases) to its site, cached for CACHE_TTL_S."""
 

@@ -35,6 +35,12 @@ INVALID_ITEMS = [
      "unknown site 'unknown.example': add it with `weir site add unknown.example --timezone Area/City`"),
     ({"site": "https://", "path": "/"}, "missing_site",
      "site 'https://' contains no host name: send `site` (the domain) or an absolute `url`"),
+    ({"site": "mailto:x@example.com", "path": "/"}, "invalid_field",
+     "site 'mailto:x@example.com' is not a host name: it contains ':' '@', but a host name has only ASCII letters, "
+     "digits, hyphens and dots. Send `site` as the domain, such as example.com, or an absolute `url`"),
+    ({"site": "shop..example", "path": "/"}, "invalid_field",
+     "site 'shop..example' is not a host name: it has an empty label: two dots in a row, or a dot at the start. "
+     "Send `site` as the domain, such as example.com, or an absolute `url`"),
     ({**PAGE, "type": 3}, "invalid_field", "field 'type' must be a string, got int"),
     ({**PAGE, "type": "t" * 101}, "invalid_field", "field 'type' is 101 characters long; the limit is 100"),
     ({**PAGE, "type": "sign up"}, "invalid_field", "type 'sign up' may hold only letters, digits and _ . : -"),

@@ -121,6 +121,22 @@ async def test_import_unknown_site_exits_with_one_line(stack):
                                      "`weir site add nosuch.example --timezone Area/City`")
 
 
+@pytest.mark.parametrize(("site", "message"), [
+    ("mailto:x@example.com", "error: invalid --site 'mailto:x@example.com': it contains ':' '@', but a host name has "
+                             "only ASCII letters, digits, hyphens and dots; give the domain of a site, such as "
+                             "example.com"),
+    ("https://NoSuch.Example/shop", "error: unknown site 'nosuch.example': add it first with "
+                                    "`weir site add nosuch.example --timezone Area/City`"),
+])
+async def test_import_unknown_site_hint_fits_value(database_url, redis_url, site, message):
+    env = service_env(database_url, redis_url)
+    result = await asyncio.to_thread(run_weir, env, "import-logs", "--site", site, str(LOG))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == message + "\n"
+
+
 async def test_import_missing_file_exits_with_one_line(stack, site_env):
     result = await asyncio.to_thread(run_weir, site_env, "import-logs", "--site", "semicomplete.com", "/nonexistent.log")
 

@@ -355,6 +355,22 @@ async def test_unknown_site_is_404(live):
     assert "unknown site 'nosuch.example'" in body["error"]
 
 
+async def test_invalid_site_404_names_problem(live):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{live.url}/live/mailto:x@example.com", headers=AUTH) as response:
+            invalid_status, invalid = response.status, await response.json()
+        async with http.get(f"{live.url}/live/NoSuch.Example.", headers=AUTH) as response:
+            unknown_status, unknown = response.status, await response.json()
+
+    assert invalid_status == 404
+    assert unknown_status == 404
+    assert invalid["error"] == ("site 'mailto:x@example.com' is not a host name: it contains ':' '@', but a host "
+                                "name has only ASCII letters, digits, hyphens and dots. Give the site's domain, "
+                                "such as example.com")
+    assert unknown["error"] == ("unknown site 'nosuch.example': add it with `weir site add nosuch.example "
+                                "--timezone Area/City`")
+
+
 async def test_replayed_entry_does_not_bump_counters(stack, live, db):
     redis = Redis.from_url(stack.redis_url)
     await post_events(stack.collector_url, [pageview("/once"), pageview("/twice")])

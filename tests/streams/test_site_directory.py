@@ -1,11 +1,12 @@
 """normalize_host, which every reader of a site name uses: the collector, `weir site add`,
-`weir import-logs`, the API and the live feed."""
+`weir import-logs`, the API and the live feed; and host_name_problem, which says why a name
+cannot be a site."""
 
 from __future__ import annotations
 
 import pytest
 
-from streams.sites import normalize_host
+from streams.sites import host_name_problem, is_host_name, normalize_host
 
 
 @pytest.mark.parametrize(("given", "expected"), [
@@ -40,3 +41,28 @@ def test_normalize_host_returns_the_host(given, expected):
 ])
 def test_normalize_host_keeps_non_hosts_invalid(given, expected):
     assert normalize_host(given) == expected
+
+
+@pytest.mark.parametrize(("host", "problem"), [
+    ("mailto:x@example.com", "it contains ':' '@', but a host name has only ASCII letters, digits, hyphens and dots"),
+    ("bücher.example", "it contains 'ü', but a host name has only ASCII letters, digits, hyphens and dots, so "
+                       "write an internationalised name in its xn-- form"),
+    ("[::1]", "it contains ':' '[' ']', but a host name has only ASCII letters, digits, hyphens and dots"),
+    ("a_b.example", "it contains '_', but a host name has only ASCII letters, digits, hyphens and dots"),
+    ("a..example", "it has an empty label: two dots in a row, or a dot at the start"),
+    (".example", "it has an empty label: two dots in a row, or a dot at the start"),
+    ("-a.example", "its label '-a' starts or ends with a hyphen"),
+    ("a-.example", "its label 'a-' starts or ends with a hyphen"),
+    ("a" * 64 + ".example", f"its label {'a' * 20!r}... is longer than 63 characters"),
+    ("a." * 127, "it is longer than 253 characters"),
+    ("", "it contains no host name"),
+])
+def test_host_name_problem_names_it(host, problem):
+    assert host_name_problem(host) == problem
+    assert not is_host_name(host)
+
+
+@pytest.mark.parametrize("host", ["example.com", "xn--bcher-kva.example", "a-b.example", "localhost", "a" * 63])
+def test_host_name_problem_none_for_host(host):
+    assert host_name_problem(host) is None
+    assert is_host_name(host)
