@@ -62,14 +62,20 @@ class Site:
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:")
 _AUTHORITY_END = re.compile(r"[/?#]")
+_SPECIAL_AUTHORITY_END = re.compile(r"[/\\?#]")
+_SPECIAL_SCHEMES = frozenset({"ftp:", "file:", "http:", "https:", "ws:", "wss:"})
+"""The WHATWG URL Standard's special schemes, in which a backslash is a path separator like "/"."""
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 
 
 def normalize_host(host: str) -> str:
     """Return the host name in `host`: lower-cased, without port or trailing dot.
 
     A URL (`https://example.com/path`, any scheme, or `//example.com`) gives its host, without
-    user name or password. IPv6 literals keep their brackets and colons. Anything else is returned
-    cleaned but not checked, so a caller that takes user input must still check the result.
+    user name or password, and in http, https and the other special schemes the host ends at a
+    backslash, so `https://ex.com\\@evil.example` gives `ex.com`, the host a browser reads. IPv6
+    literals keep their brackets and colons. Anything else is returned cleaned but not checked, so
+    a caller that takes user input must still check the result.
     """
     host = host.strip().lower()
     if "/" in host:
@@ -87,10 +93,16 @@ def normalize_host(host: str) -> str:
 
 def _url_host(value: str) -> str:
     """Return the host and port of URL `value`, or `value` itself when it is not a URL with a host part."""
+    # The WHATWG URL parser removes every tab and newline before it reads a URL.
+    value = value.translate(_TAB_OR_NEWLINE)
     scheme, slashes, rest = value.partition("//")
     if not slashes or (scheme and not _SCHEME.fullmatch(scheme)):
         return value
-    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
+    # A browser resolves a scheme-relative URL against its page, which is http or https, so a
+    # backslash ends its host too. In other schemes a backslash is part of the authority.
+    special = not scheme or scheme in _SPECIAL_SCHEMES
+    authority = (_SPECIAL_AUTHORITY_END if special else _AUTHORITY_END).split(rest, maxsplit=1)[0]
+    # The last "@" of the authority ends the user name and password, as in the WHATWG parser.
     return authority.rpartition("@")[2]
 
 

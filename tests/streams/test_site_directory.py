@@ -31,6 +31,33 @@ def test_normalize_host_returns_the_host(given, expected):
 
 
 @pytest.mark.parametrize(("given", "expected"), [
+    # The host a browser reads, by the WHATWG URL Standard: in http, https and the other special
+    # schemes, and in scheme-relative URLs, a backslash ends the host like a slash.
+    ("https://ex.com\\@evil.example", "ex.com"),
+    ("https://ex.com\\path", "ex.com"),
+    ("https://ex.com:8443\\@evil.example/", "ex.com"),
+    ("http://ex.com\\", "ex.com"),
+    ("//ex.com\\@evil.example", "ex.com"),
+    ("wss://ex.com\\@evil.example", "ex.com"),
+    ("https://user@ex.com\\@evil.example", "ex.com"),
+    ("https://user:secret@ex.com\\x", "ex.com"),
+    # The last "@" before the end of the host ends the user name and password.
+    ("https://a@b@ex.com/", "ex.com"),
+    ("https://evil.example@ex.com/", "ex.com"),
+    ("https://ex.com/@evil.example", "ex.com"),
+    ("https://ex.com?@evil.example", "ex.com"),
+    ("https://ex.com#@evil.example", "ex.com"),
+    # A browser removes tabs and newlines before it reads a URL.
+    ("https://ex.\ncom/", "ex.com"),
+    ("ht\ttps://ex.com\t\\@evil.example", "ex.com"),
+    # In a scheme that is not special, a backslash is part of the authority.
+    ("android-app://user\\@com.example.app/", "com.example.app"),
+])
+def test_normalize_host_reads_url_as_browser(given, expected):
+    assert normalize_host(given) == expected
+
+
+@pytest.mark.parametrize(("given", "expected"), [
     # Not hosts, and returned so that the caller's check rejects them, rather than cut down to a
     # host name that looks valid.
     ("http://", ""),
@@ -38,6 +65,9 @@ def test_normalize_host_returns_the_host(given, expected):
     ("foo.example/path", "foo.example/path"),
     ("example.com:http", "example.com:http"),
     ("1http://foo.example", "1http://foo.example"),
+    # A browser finds no valid URL here: the host ends at the backslash, before the "@", so
+    # `user:p` would be a host with the port `p`.
+    ("https://user:p\\w@ex.com/", "user:p"),
 ])
 def test_normalize_host_keeps_non_hosts_invalid(given, expected):
     assert normalize_host(given) == expected
