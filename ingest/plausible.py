@@ -29,6 +29,7 @@ from aiohttp import web
 from ingest.body import RequestRejected, check_content_type, parse_json, read_body
 from ingest.intake import INTAKE_KEY, event_route, json_response, retry_headers
 from ingest.validate import InvalidEvent
+from streams.sites import normalize_host
 
 MAX_PROPS = 30
 ENGAGEMENT = "engagement"
@@ -95,7 +96,9 @@ def _domains(body: dict, url: str) -> list[str]:
     raw = _first(body, "d", "domain")
     if raw is None:
         try:
-            host = urlsplit(url).hostname
+            # normalize_host reads the host a browser reads, which urlsplit's hostname is not when
+            # a backslash comes before an "@".
+            host = normalize_host(url) if urlsplit(url).hostname else None
         except ValueError:
             host = None
         if not host:

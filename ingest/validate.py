@@ -428,8 +428,10 @@ def _utc_day_of(day_number: int) -> str:
 
 def _site_host(item: dict, url: str | None) -> str:
     host = _optional_str(item, "site", MAX_HOST_CHARS) or _optional_str(item, "domain", MAX_HOST_CHARS)
-    if host is None and url:
-        host = _split_url(url).hostname
+    if host is None and url and _split_url(url).hostname:
+        # normalize_host, because urlsplit takes evil.example as the host of
+        # https://ex.com\@evil.example, where a browser reads ex.com.
+        host = normalize_host(url)
     if not host:
         raise InvalidEvent("missing_site", "event has no site: send `site` (the domain) or an absolute `url`")
     return host

@@ -127,6 +127,17 @@ async def test_site_url_picks_its_host(builder, site):
     assert (event.site, now.site) == ("example.com", "example.com")
 
 
+@pytest.mark.parametrize("url", ["https://example.com\\@shop.example.org/p", "https://shop.example.org@example.com/"])
+async def test_url_host_read_as_browser(builder, url):
+    item = {"url": url}
+
+    (event,), rejections = await builder.build([item], context())
+    (now,), now_rejections = builder.build_now([item], context())
+
+    assert rejections == now_rejections == []
+    assert (event.site, now.site) == ("example.com", "example.com")
+
+
 async def test_single_event_fields_exact(builder, redis_client):
     item = {**PAGE, "id": "client-1", "referrer": "https://news.example/", "props": {"plan": "pro"}}
 

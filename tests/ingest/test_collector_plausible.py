@@ -97,6 +97,14 @@ async def test_domain_defaults_to_url_host_without_www(http, make_collector, red
     assert event.site == "example.com"
 
 
+async def test_domain_from_url_read_as_browser(http, collector, redis_client):
+    status, _, _ = await send(http, collector, {"n": "pageview", "u": "https://example.com\\@shop.example.org/y"})
+
+    assert status == 202
+    [event] = await stream_events(redis_client)
+    assert event.site == "example.com"
+
+
 async def test_numeric_event_name_accepted(http, collector, redis_client):
     await send(http, collector, {"n": 404, "u": "https://example.com/missing", "d": "example.com"})
 
