@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_commands = replay.add_subparsers(dest="replay_command", required=True, metavar="SOURCE")
     replay_events = replay_commands.add_parser(
         "events", help="rebuild sessions and rollups of a site for a range of days from raw_events")
-    replay_events.add_argument("--site", required=True, help="domain of the site to rebuild")
+    replay_events.add_argument("--site", required=True,
+                               help="domain of the site to rebuild; a URL such as https://example.com/ counts "
+                                    "as its host")
     replay_events.add_argument("--from", dest="first", required=True, metavar="DAY",
                                help="first local day to rebuild (YYYY-MM-DD, or an ISO-8601 time whose day is taken)")
     replay_events.add_argument("--to", dest="last", required=True, metavar="DAY",

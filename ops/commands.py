@@ -409,10 +409,11 @@ async def replay(args: argparse.Namespace) -> int:
     if args.chunk_days is not None and args.chunk_days < 1:
         raise CommandError(f"invalid --chunk-days {args.chunk_days}: give a whole number of days, 1 or more")
 
+    domain = normalize_host(args.site)
     stopping = asyncio.Event()
     install_stop_signals(stopping)
     try:
-        reports = await replay_events(settings.DATABASE_URL, args.site, first, last, only=only,
+        reports = await replay_events(settings.DATABASE_URL, domain, first, last, only=only,
                                       chunk_days=_chunk_days(args.chunk_days, first, last), bot_patterns=read_bot_patterns(settings.BOT_PATTERNS_FILE),
                                       stopping=stopping)
     except LookupError as error:
@@ -428,7 +429,7 @@ async def replay(args: argparse.Namespace) -> int:
     if not reports or reports[-1].last < last:
         # A stop request ended the run between chunks, and replay_events printed where to resume.
         done = f"{first}..{reports[-1].last}" if reports else "no day"
-        print(f"stopped: rebuilt {args.site} {done} of {first}..{last}: {counts}")
+        print(f"stopped: rebuilt {domain} {done} of {first}..{last}: {counts}")
         return 130
-    print(f"rebuilt {args.site} {first}..{last}: {counts}")
+    print(f"rebuilt {domain} {first}..{last}: {counts}")
     return 0

@@ -150,6 +150,23 @@ async def test_sessions_only_replay_moves_rollups_with_the_sessions(imported, db
     assert after["fingerprint_sessions"] == after["sessions"] == after["raw_sessions"]
 
 
+async def test_cli_site_url_names_its_host(database_url, redis_url):
+    env = service_env(database_url, redis_url)
+    added = await asyncio.to_thread(run_weir, env, "site", "add", "example.com", "--timezone", "UTC")
+
+    rebuilt = await asyncio.to_thread(run_weir, env, "replay", "events", "--site",
+                                      "https://Example.COM\\@nosuch.example/", "--from", "2026-01-01", "--to", "2026-01-02")
+    unknown = await asyncio.to_thread(run_weir, env, "replay", "events", "--site", "https://NoSuch.Example/x",
+                                      "--from", "2026-01-01", "--to", "2026-01-02")
+
+    assert added.returncode == 0, added.stderr
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout == ("rebuilt example.com 2026-01-01..2026-01-02: 0 events, 0 bot flags and 0 session ids "
+                              "changed, 0 rollup rows written\n")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr == "error: unknown site 'nosuch.example': list sites with `weir site list`\n"
+
+
 @pytest.mark.parametrize("first, last, message", [
     ("0001-01-01", "2026-12-31", "invalid --from '0001-01-01': give a day from 1999-12-31 to 9999-10-31"),
     ("2026-01-01", "9999-12-31", "invalid --to '9999-12-31': give a day from 1999-12-31 to 9999-10-31"),
