@@ -27,7 +27,7 @@ from query.filters import parse_filters
 from query.freshness import freshness_of
 from query.metrics import API_LATENCY, API_REQUESTS
 from query.openapi import openapi_document
-from query.params import BadRequest, check_known, parse_limit, parse_offset
+from query.params import BadRequest, check_known, parse_choice, parse_limit, parse_offset
 from query.period import parse_interval, parse_period
 from query.scope import Scope
 from query.settings import ApiSettings
@@ -201,13 +201,6 @@ async def coverage_warning(conn: asyncpg.Connection, site: str, earliest: date) 
             f"--site {site} --from {earliest} --to {first_date - timedelta(days=1)}`")
 
 
-def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
-    value = request.query.get(name) or default
-    if value not in choices:
-        raise BadRequest(f"unknown {name}={value!r}; use one of {', '.join(choices)}", parameter=name)
-    return value
-
-
 async def _overview(request, conn, scope):
     tables = _ROLLUP_TABLES if scope.uses_rollups else ["raw_events", "session_fingerprints"]
     return await reports.overview(conn, scope), tables
@@ -224,7 +217,7 @@ async def _timeseries(request, conn, scope):
 
 
 async def _pages(request, conn, scope):
-    kind = _choice(request, "kind", ("top", "entry", "exit"), "top")
+    kind = parse_choice(request.query, "kind", ("top", "entry", "exit"), "top")
     limit, offset = parse_limit(request), parse_offset(request)
     if kind == "top":
         return await reports.top_pages(conn, scope, limit, offset), _tables(scope, ["raw_events"])
@@ -233,6 +226,9 @@ async def _pages(request, conn, scope):
 
 async def _events(request, conn, scope):
     event = request.query.get("event")
+    if event is not None and not event:
+        raise BadRequest("empty event: name a custom event, e.g. event=signup, or leave event out for all of them",
+                         parameter="event")
     breakdown = request.query.get("breakdown")
     if breakdown is not None and not breakdown:
         raise BadRequest("empty breakdown: name a property of the events, e.g. breakdown=plan", parameter="breakdown")
@@ -245,7 +241,7 @@ async def _events(request, conn, scope):
 
 def _breakdown(dimensions: tuple[str, ...], default: str, extra=None):
     async def compute(request, conn, scope):
-        dimension = _choice(request, "dimension", dimensions, default)
+        dimension = parse_choice(request.query, "dimension", dimensions, default)
         data = await reports.session_breakdown(conn, scope, dimension, parse_limit(request), parse_offset(request))
         answer: dict = {"dimension": dimension, "data": data}
         tables = _tables(scope, ["session_fingerprints"])

@@ -7,7 +7,48 @@ always bind parameters.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+MAX_ASN = 4_294_967_295
+"""The largest autonomous system number (ASNs are 32-bit, RFC 6793)."""
+
+_ASN = re.compile(r"0|[1-9][0-9]{0,9}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_COUNTRY_PART = re.compile(r"[A-Za-z]{1,2}")
+GOVERNMENT_VALUES = ("government", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class ValueFormat:
+    """The filter values that can match a dimension, and how the error for any other one reads."""
+
+    accepts: Callable[[str, str], bool]
+    """A check called with the operator and one value. False means that no row can hold the value."""
+    expected: str
+    """The end of the error sentence "NAME takes ...", e.g. "whole numbers such as 13335"."""
+
+
+def _accepts_asn(op: str, value: str) -> bool:
+    # The column is compared as text, so "013335" would never match 13335.
+    if op == "contains":
+        return value.isascii() and value.isdigit() and len(value) <= 10
+    return _ASN.fullmatch(value) is not None and int(value) <= MAX_ASN
+
+
+def _accepts_country(op: str, value: str) -> bool:
+    # `contains` is case-insensitive (ILIKE), but the other operators compare exactly.
+    pattern = _COUNTRY_PART if op == "contains" else _COUNTRY
+    return pattern.fullmatch(value) is not None
+
+
+VALUE_FORMATS = {
+    "asn": ValueFormat(_accepts_asn, "whole numbers from 0 to 4294967295 without the AS prefix, such as 13335"),
+    "country": ValueFormat(_accepts_country, "ISO 3166-1 alpha-2 codes in capitals, such as DE"),
+    "government": ValueFormat(lambda _op, value: value in GOVERNMENT_VALUES,
+                              "government or other, the values /api/network?dimension=government returns"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +60,8 @@ class Dimension:
     """"event" (raw_events) or "session" (session_fingerprints)."""
     condition: str | None = None
     """Extra condition an event dimension implies (a page filter only matches pageviews)."""
+    value_format: ValueFormat | None = None
+    """The values a filter may give. None allows any text that is not empty."""
 
 
 EVENT_DIMENSIONS = {
@@ -27,7 +70,7 @@ EVENT_DIMENSIONS = {
 }
 
 SESSION_DIMENSIONS = {
-    name: Dimension(name, expression, "session")
+    name: Dimension(name, expression, "session", value_format=VALUE_FORMATS.get(name))
     for name, expression in {
         "entry_page": "s.entry_page",
         "exit_page": "s.exit_page",

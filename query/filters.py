@@ -1,6 +1,8 @@
 """Filters on any dimension: `filter=dimension:op:value`, combinable (all must hold).
 
 Operators: `eq`, `not`, `contains` (case-insensitive substring), `in` (values separated by `|`).
+A value that no row can hold (an empty one, or one outside the dimension's ValueFormat) is a 400,
+because it would otherwise return an empty report that reads as "no traffic".
 """
 
 from __future__ import annotations
@@ -39,8 +41,26 @@ def parse_filters(query) -> list[Filter]:
             raise BadRequest(f"unknown filter operator {op!r} in filter={raw!r}; use one of {', '.join(OPERATORS)}",
                              parameter="filter")
         values = tuple(value.split("|")) if op == "in" else (value,)
+        _check_values(DIMENSIONS[name], op, values, raw)
         filters.append(Filter(DIMENSIONS[name], op, values))
     return filters
+
+
+def _check_values(dimension: Dimension, op: str, values: tuple[str, ...], raw: str) -> None:
+    if values == ("",):
+        empty_part = "the list of values" if op == "in" else "the value"
+        raise BadRequest(f"invalid filter={raw!r}: {empty_part} after the second colon is empty; "
+                         "give the value to match", parameter="filter")
+    if "" in values:
+        raise BadRequest(f"invalid filter={raw!r}: value {values.index('') + 1} of the list is empty; "
+                         "separate values with one | and end the list without one", parameter="filter")
+    value_format = dimension.value_format
+    if value_format is None:
+        return
+    for value in values:
+        if not value_format.accepts(op, value):
+            raise BadRequest(f"invalid value {value!r} in filter={raw!r}: {dimension.name} takes "
+                             f"{value_format.expected}", parameter="filter")
 
 
 def _escape_like(value: str) -> str:

@@ -13,17 +13,26 @@ def _param(name: str, description: str, schema: dict, required: bool = False) ->
     return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
+_FILTER_DESCRIPTION = (
+    "dimension:op:value with op eq, not, contains or in (values separated by |); repeatable. "
+    "Every value must be non-empty. asn takes whole numbers such as 13335 (contains: digits); country takes "
+    "ISO 3166-1 alpha-2 codes in capitals such as DE (contains: one or two letters in any case); government "
+    "takes government or other. Any other value of these is a 400."
+)
+
 _COMMON = [
     _param("site", "The site's domain, as added with `weir site add`.", {"type": "string", "minLength": 1}, True),
-    _param("period", "Reporting period in the site's time zone; custom needs from and to.", {"type": "string", "enum": list(PERIODS)}),
+    _param("period", "Reporting period in the site's time zone; custom needs from and to. Left out, it is 30d, or "
+           "custom when from or to is given; an empty value is a 400.", {"type": "string", "enum": list(PERIODS)}),
     _param("from", "First day of a custom period (YYYY-MM-DD, 1900-01-01 to 9998-12-31).",
            {"type": "string", "format": "date"}),
     _param("to", "Last day of a custom period (YYYY-MM-DD, 1900-01-01 to 9998-12-31).",
            {"type": "string", "format": "date"}),
     _param("tz", "IANA time zone that overrides the site's.", {"type": "string"}),
     _param("compare", "Add the previous period of the same length.", {"type": "string", "enum": ["previous", "none"]}),
-    {**_param("filter", "dimension:op:value with op eq, not, contains or in (values separated by |); repeatable.",
-              {"type": "array", "items": {"type": "string", "pattern": f"^({'|'.join(DIMENSIONS)}):(eq|not|contains|in):"}}),
+    {**_param("filter", _FILTER_DESCRIPTION,
+              {"type": "array", "items": {"type": "string",
+                                          "pattern": f"^({'|'.join(DIMENSIONS)}):(eq|not|contains|in):."}}),
      "style": "form", "explode": True},
     _param("format", "json (default) or csv.", {"type": "string", "enum": ["json", "csv"]}),
 ]
@@ -80,8 +89,9 @@ def _operation(summary: str, extra_params: list[dict], schema: dict) -> dict:
     }}
 
 
-def _dimension(choices: tuple[str, ...]) -> dict:
-    return _param("dimension", "Dimension to break down by.", {"type": "string", "enum": list(choices)})
+def _dimension(choices: tuple[str, ...], default: str) -> dict:
+    return _param("dimension", f"Dimension to break down by; {default} when left out (an empty value is a 400).",
+                  {"type": "string", "enum": list(choices)})
 
 
 _BREAKDOWN_ROWS = _rows({"value": {"type": "string"}, "visitors": {"type": "integer"}, "sessions": {"type": "integer"},
@@ -115,11 +125,11 @@ def openapi_document() -> dict:
                 _param("event", "Only this event name.", {"type": "string"}),
                 _param("breakdown", "Property of the events to group by.", {"type": "string", "minLength": 1}),
                 *_LIST], _answer({"data": {"type": "array", "items": {"type": "object"}}}, ["data"])),
-            "/api/traffic": _operation("Sessions by channel, source, referrer or campaign", [_dimension(TRAFFIC), *_LIST],
+            "/api/traffic": _operation("Sessions by channel, source, referrer or campaign", [_dimension(TRAFFIC, "channel"), *_LIST],
                                        _answer({"dimension": {"type": "string"}, "data": _BREAKDOWN_ROWS}, ["data"])),
-            "/api/audience": _operation("Sessions by location, browser, OS, device or screen", [_dimension(AUDIENCE), *_LIST],
+            "/api/audience": _operation("Sessions by location, browser, OS, device or screen", [_dimension(AUDIENCE, "country"), *_LIST],
                                         _answer({"dimension": {"type": "string"}, "data": _BREAKDOWN_ROWS}, ["data"])),
-            "/api/network": _operation("Sessions by network owner and traffic tier", [_dimension(NETWORK), *_LIST],
+            "/api/network": _operation("Sessions by network owner and traffic tier", [_dimension(NETWORK, "org_type"), *_LIST],
                                        _answer({"dimension": {"type": "string"}, "data": _BREAKDOWN_ROWS,
                                                 "government_share": _NULLABLE_NUMBER}, ["data"])),
             "/api/live": {"get": {

@@ -34,6 +34,23 @@ def check_known(request: web.Request, allowed: set[str]) -> None:
                              parameter=name)
 
 
+def parse_choice(query, name: str, choices: tuple[str, ...], default: str) -> str:
+    """Return parameter `name`, one of `choices`, or `default` when it is absent.
+
+    An empty value is a 400 rather than the default, because `name=` usually means a client
+    dropped the value it meant to send.
+    """
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value:
+        raise BadRequest(f"empty {name}: use one of {', '.join(choices)}, or leave {name} out for {default}",
+                         parameter=name)
+    if value not in choices:
+        raise BadRequest(f"unknown {name}={value!r}; use one of {', '.join(choices)}", parameter=name)
+    return value
+
+
 # Bounds that keep a period, its comparison period and their instants in any time zone within
 # the range of Python's datetime (years 1 to 9999).
 FIRST_DAY = date(1900, 1, 1)

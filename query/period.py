@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from query.params import BadRequest, parse_day
+from query.params import BadRequest, parse_choice, parse_day
 
 PERIODS = ("today", "24h", "7d", "30d", "month", "year", "custom")
 INTERVALS = ("minute", "hour", "day", "week", "month")
@@ -57,9 +57,7 @@ def instants(start: datetime, end: datetime, tz: str) -> Period:
 def parse_period(query, tz: str, now: datetime | None = None) -> Period:
     """Read `period` (default 30d) with `from`/`to` for custom ranges, in time zone `tz`."""
     now = now or datetime.now(timezone.utc)
-    name = query.get("period") or ("custom" if "from" in query or "to" in query else "30d")
-    if name not in PERIODS:
-        raise BadRequest(f"unknown period={name!r}; use one of {', '.join(PERIODS)}", parameter="period")
+    name = parse_choice(query, "period", PERIODS, "custom" if "from" in query or "to" in query else "30d")
     today = now.astimezone(zone(tz)).date()
 
     if name == "custom":
@@ -85,9 +83,7 @@ def parse_period(query, tz: str, now: datetime | None = None) -> Period:
 def parse_interval(query, period: Period) -> str:
     span_days = (period.end - period.start).total_seconds() / 86400
     default = "minute" if span_days <= 0.05 else "hour" if span_days <= 2 else "day" if span_days <= 120 else "week"
-    interval = query.get("interval") or default
-    if interval not in INTERVALS:
-        raise BadRequest(f"unknown interval={interval!r}; use one of {', '.join(INTERVALS)}", parameter="interval")
+    interval = parse_choice(query, "interval", INTERVALS, default)
     seconds = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}[interval]
     if span_days * 86400 / seconds > MAX_POINTS:
         raise BadRequest(f"interval={interval} gives more than {MAX_POINTS} points for this period; "

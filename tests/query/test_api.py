@@ -312,3 +312,83 @@ async def test_hung_database_503_within_timeout(database_url, redis_url, db):
     assert before == (200, None, {"data": []})
     # The first request waits for its query and the later ones for a new connection. Each stops at the timeout.
     assert timings == [(503, True), (503, True), (503, True)]
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("asn:eq:notanumber", "invalid value 'notanumber' in filter='asn:eq:notanumber': asn takes whole numbers from 0 "
+                          "to 4294967295 without the AS prefix, such as 13335"),
+    ("asn:in:13335|AS15169", "invalid value 'AS15169' in filter='asn:in:13335|AS15169': asn takes whole numbers "
+                             "from 0 to 4294967295 without the AS prefix, such as 13335"),
+    ("asn:eq:013335", "invalid value '013335' in filter='asn:eq:013335': asn takes whole numbers from 0 to "
+                      "4294967295 without the AS prefix, such as 13335"),
+    ("asn:not:4294967296", "invalid value '4294967296' in filter='asn:not:4294967296': asn takes whole numbers "
+                           "from 0 to 4294967295 without the AS prefix, such as 13335"),
+    ("asn:contains:AS", "invalid value 'AS' in filter='asn:contains:AS': asn takes whole numbers from 0 to "
+                        "4294967295 without the AS prefix, such as 13335"),
+    ("government:eq:maybe", "invalid value 'maybe' in filter='government:eq:maybe': government takes government "
+                            "or other, the values /api/network?dimension=government returns"),
+    ("government:eq:true", "invalid value 'true' in filter='government:eq:true': government takes government "
+                           "or other, the values /api/network?dimension=government returns"),
+    ("country:eq:de", "invalid value 'de' in filter='country:eq:de': country takes ISO 3166-1 alpha-2 codes in "
+                      "capitals, such as DE"),
+    ("country:contains:DEU", "invalid value 'DEU' in filter='country:contains:DEU': country takes ISO 3166-1 "
+                             "alpha-2 codes in capitals, such as DE"),
+    ("page:in:", "invalid filter='page:in:': the list of values after the second colon is empty; "
+                 "give the value to match"),
+    ("page:eq:", "invalid filter='page:eq:': the value after the second colon is empty; give the value to match"),
+    ("source:contains:", "invalid filter='source:contains:': the value after the second colon is empty; "
+                         "give the value to match"),
+    ("page:in:/a||/b", "invalid filter='page:in:/a||/b': value 2 of the list is empty; "
+                       "separate values with one | and end the list without one"),
+    ("event:in:signup|", "invalid filter='event:in:signup|': value 2 of the list is empty; "
+                         "separate values with one | and end the list without one"),
+], ids=["asn-word", "asn-prefix", "asn-leading-zero", "asn-too-large", "asn-contains-letters", "government-maybe",
+        "government-true", "country-lower-case", "country-three-letters", "in-empty-list", "eq-empty",
+        "contains-empty", "in-empty-item", "in-trailing-bar"])
+async def test_unmatchable_filter_value_is_400(stack, db, redis, value, error):
+    await add_site(stack, db, redis, Site("a.example", "UTC"))
+
+    status, body = await get(stack, "/api/overview", {"site": "a.example", "filter": value})
+
+    assert status == 400
+    assert body == {"error": error, "parameter": "filter"}
+
+
+async def test_filter_values_in_format_match(stack, db, redis):
+    await add_site(stack, db, redis, Site("g.example", "UTC"))
+    await db.execute(
+        """INSERT INTO session_fingerprints (site, session_id, visitor_id, started_at, ended_at, country, asn, "isGovernment")
+           VALUES ('g.example', 's1', 'v1', now() - interval '1 hour', now(), 'DE', 13335, true),
+                  ('g.example', 's2', 'v2', now() - interval '1 hour', now(), 'FR', 15169, false)""")
+    base = {"site": "g.example", "period": "24h"}
+    counts = {}
+    for value in ("asn:eq:13335", "asn:in:13335|15169", "asn:contains:3", "asn:not:0", "government:eq:government",
+                  "government:not:government", "country:eq:DE", "country:contains:d", "country:in:FR|DE"):
+        status, body = await get(stack, "/api/overview", {**base, "filter": value})
+        assert status == 200, body
+        counts[value] = body["sessions"]
+
+    assert counts == {"asn:eq:13335": 1, "asn:in:13335|15169": 2, "asn:contains:3": 1, "asn:not:0": 2,
+                      "government:eq:government": 1, "government:not:government": 1, "country:eq:DE": 1,
+                      "country:contains:d": 1, "country:in:FR|DE": 2}
+
+
+@pytest.mark.parametrize(("path", "name", "error"), [
+    ("/api/overview", "period", "empty period: use one of today, 24h, 7d, 30d, month, year, custom, "
+                                "or leave period out for 30d"),
+    ("/api/traffic", "dimension", "empty dimension: use one of channel, source, referrer, utm_source, utm_medium, "
+                                  "utm_campaign, utm_term, utm_content, or leave dimension out for channel"),
+    ("/api/pages", "kind", "empty kind: use one of top, entry, exit, or leave kind out for top"),
+    ("/api/timeseries", "interval", "empty interval: use one of minute, hour, day, week, month, "
+                                    "or leave interval out for day"),
+    ("/api/events", "event", "empty event: name a custom event, e.g. event=signup, or leave event out for all "
+                             "of them"),
+], ids=["period", "dimension", "kind", "interval", "event"])
+async def test_empty_choice_is_400(stack, db, redis, path, name, error):
+    await add_site(stack, db, redis, Site("a.example", "UTC"))
+
+    status, body = await get(stack, path, {"site": "a.example", name: ""})
+
+    assert status == 400
+    assert body == {"error": error, "parameter": name}
+
