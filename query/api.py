@@ -33,7 +33,7 @@ from query.scope import Scope
 from query.settings import ApiSettings
 from query.timeseries import timeseries
 from sinks.coverage import first_complete_date
-from sinks.sites import get_site, load_sites
+from sinks.sites import find_site, load_sites
 from streams.live import LiveReader, now_ms
 from streams.partitions import StreamPartitions
 from weir.health import HealthChecks, add_health_routes
@@ -162,7 +162,7 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
         domain = request.query.get("site")
         if not domain:
             raise BadRequest("missing parameter 'site': give the site's domain, e.g. site=example.com", parameter="site")
-        site = await get_site(conn, domain)
+        site = await find_site(conn, domain)
         if site is None:
             raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
         tz = request.query.get("tz") or site.timezone
@@ -279,7 +279,7 @@ async def get_live(request: web.Request) -> web.Response:
     if not domain:
         raise BadRequest("missing parameter 'site': give the site's domain, e.g. site=example.com", parameter="site")
     async with request.app[POOL_KEY].acquire() as conn:
-        site = await get_site(conn, domain)
+        site = await find_site(conn, domain)
     if site is None:
         raise BadRequest(f"unknown site {domain!r}: list sites with GET /api/sites", status=404, parameter="site")
     snapshot = await LiveReader(request.app[REDIS_KEY]).read_snapshot(site.domain, now_ms())

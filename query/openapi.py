@@ -21,7 +21,7 @@ _FILTER_DESCRIPTION = (
 )
 
 _COMMON = [
-    _param("site", "The site's domain, as added with `weir site add`.", {"type": "string", "minLength": 1}, True),
+    _param("site", "The site's domain or one of its aliases, as added with `weir site add`.", {"type": "string", "minLength": 1}, True),
     _param("period", "Reporting period in the site's time zone; custom needs from and to. Left out, it is 30d, or "
            "custom when from or to is given; an empty value is a 400.", {"type": "string", "enum": list(PERIODS)}),
     _param("from", "First day of a custom period (YYYY-MM-DD, 1900-01-01 to 9998-12-31).",

@@ -172,6 +172,24 @@ async def get_site(conn: asyncpg.Connection, domain: str) -> Site | None:
     return Site(row["domain"], row["timezone"], tuple(sorted(row["aliases"]))) if row else None
 
 
+async def find_site(conn: asyncpg.Connection, host: str) -> Site | None:
+    """Return the site whose domain or one of whose aliases is `host`, or None when no site claims it.
+
+    Hosts map to sites as in the collector's directory (SiteDirectory.publish): a domain keeps its
+    site even where another site lists it as an alias, and an alias that older versions let two
+    sites list belongs to the site added first.
+    """
+    site = await get_site(conn, host)
+    if site is not None:
+        return site
+    normalized = normalize_host(host)
+    for site in await load_sites(conn, oldest_first=True):
+        # Rows written by older versions may contain aliases in another spelling.
+        if any(normalize_host(alias) == normalized for alias in site.aliases):
+            return site
+    return None
+
+
 async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> int:
     """Replace the Redis directory the collector reads with every row of `sites`; return the count.
 

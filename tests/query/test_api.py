@@ -392,3 +392,39 @@ async def test_empty_choice_is_400(stack, db, redis, path, name, error):
     assert status == 400
     assert body == {"error": error, "parameter": name}
 
+
+async def get_report(stack, params: dict) -> tuple[int, dict]:
+    """GET /api/pages without `freshness`, whose lags change from one request to the next."""
+    status, body = await get(stack, "/api/pages", params)
+    body.pop("freshness", None)
+    return status, body
+
+
+async def test_site_alias_answers_as_domain(stack, db, redis):
+    await add_site(stack, db, redis, Site("alias.example", "UTC", ("www.alias.example",)))
+    await add_site(stack, db, redis, Site("other.example", "UTC"))
+    day = datetime.now(timezone.utc).date() - timedelta(days=1)
+    await post_events(stack, [
+        {"site": "alias.example", "url": "https://alias.example/a", "timestamp": f"{day}T10:00:00Z"},
+        {"site": "www.alias.example", "url": "https://www.alias.example/b", "timestamp": f"{day}T10:01:00Z"},
+        {"site": "other.example", "url": "https://other.example/c", "timestamp": f"{day}T10:02:00Z"},
+    ])
+    await wait_until_processed(redis)
+    period = {"from": str(day), "to": str(day)}
+
+    by_domain = await get_report(stack, {"site": "alias.example", **period})
+    by_alias = await get_report(stack, {"site": "www.alias.example", **period})
+    by_alias_spelling = await get_report(stack, {"site": "WWW.Alias.Example.", **period})
+    live_status, live = await get(stack, "/api/live", {"site": "www.alias.example"})
+    unknown = await get_report(stack, {"site": "www.other.example", **period})
+
+    assert by_domain[0] == 200
+    assert by_domain[1]["site"] == "alias.example"
+    assert by_domain[1]["data"] == [{"path": "/a", "pageviews": 1, "visitors": 1},
+                                    {"path": "/b", "pageviews": 1, "visitors": 1}]
+    assert by_alias == by_domain
+    assert by_alias_spelling == by_domain
+    assert live_status == 200
+    assert live["site"] == "alias.example"
+    assert unknown == (404, {"error": "unknown site 'www.other.example': list sites with GET /api/sites",
+                             "parameter": "site"})
