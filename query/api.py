@@ -19,6 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from query import reports
+from query.breaker import RedisBreaker
 from query.cache import cache_key, cached, store
 from query.dashboard import add_dashboard_routes
 from query.dimensions import AUDIENCE, NETWORK, TRAFFIC
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
 REDIS_KEY = web.AppKey("redis", Redis)
+REDIS_BREAKER_KEY = web.AppKey("redis_breaker", RedisBreaker)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/api/openapi.json"})
 COMMON = {"site", "period", "from", "to", "tz", "compare", "filter", "format"}
@@ -141,12 +143,12 @@ def report(allowed: set[str], compute: Report, comparable: bool = False):
             raise BadRequest(f"unknown compare={compare!r}; use previous", parameter="compare")
 
         settings = request.app[SETTINGS_KEY]
-        redis = request.app[REDIS_KEY]
+        redis, breaker = request.app[REDIS_KEY], request.app[REDIS_BREAKER_KEY]
         key = cache_key(request.path, list(request.query.items()))
-        body = await cached(redis, key)
+        body = await cached(redis, breaker, key)
         if body is None:
             body = orjson.dumps(await _compute(request, compute, comparable and compare == "previous"))
-            await store(redis, key, body, settings.CACHE_TTL_S)
+            await store(redis, breaker, key, body, settings.CACHE_TTL_S)
         if output == "csv":
             answer = orjson.loads(body)
             rows = answer.get("data") or [{k: v for k, v in answer.items() if not isinstance(v, (dict, list))}]
@@ -182,7 +184,8 @@ async def _compute(request: web.Request, compute: Report, with_comparison: bool)
             body["comparison"] = {"from": previous.period.first.isoformat(), "to": previous.period.last.isoformat(),
                                   **(earlier if isinstance(earlier, dict) else {"data": earlier})}
         body["freshness"] = await freshness_of(conn, request.app[REDIS_KEY], tables, settings.STALE_AFTER_S,
-                                               StreamPartitions.from_settings(settings).streams())
+                                               StreamPartitions.from_settings(settings).streams(),
+                                               request.app[REDIS_BREAKER_KEY])
         if "daily_metrics" in tables:
             earliest = previous.period.first if with_comparison else scope.period.first
             warning = await coverage_warning(conn, site.domain, earliest)
@@ -302,6 +305,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     """Build the API's aiohttp application; the pool and Redis are opened and closed with it."""
     app = web.Application(middlewares=[api_middleware])
     app[SETTINGS_KEY] = settings
+    app[REDIS_BREAKER_KEY] = RedisBreaker()
     checks = HealthChecks()
 
     async def connections(app: web.Application) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from query.breaker import RedisBreaker
 from sinks.freshness import assess, read_rows
 from streams.backlog import Backlog, read_total_backlog
 from streams.keys import EVENTS_STREAM, PROCESSOR_GROUP
@@ -20,22 +21,33 @@ from weir.redis import REDIS_ERRORS, RedisClient
 logger = logging.getLogger(__name__)
 
 
-async def stream_backlog(redis: RedisClient, streams: Sequence[str] = (EVENTS_STREAM,)) -> Backlog | None:
-    """The processors' backlog over the event `streams` (all partitions); None when Redis cannot be read."""
+async def stream_backlog(redis: RedisClient, streams: Sequence[str] = (EVENTS_STREAM,),
+                         breaker: RedisBreaker | None = None) -> Backlog | None:
+    """Return the processors' backlog over the event `streams` (all partitions).
+
+    Returns None when Redis cannot be read, or when `breaker` skips Redis after a recent failure.
+    """
+    if breaker is not None and not breaker.allows():
+        return None
     try:
-        return await read_total_backlog(redis, streams, PROCESSOR_GROUP)
+        backlog = await read_total_backlog(redis, streams, PROCESSOR_GROUP)
     except REDIS_ERRORS as error:
+        if breaker is not None:
+            breaker.record_failure()
         logger.warning("stream backlog unavailable for freshness error=%r", error)
         return None
+    if breaker is not None:
+        breaker.record_success()
+    return backlog
 
 
 async def freshness_of(conn: asyncpg.Connection, redis: RedisClient, tables: list[str], stale_after_s: float,
-                       streams: Sequence[str] = (EVENTS_STREAM,)) -> dict:
+                       streams: Sequence[str] = (EVENTS_STREAM,), breaker: RedisBreaker | None = None) -> dict:
     """Return `{"tables": {...}, "stale", "warnings", "stream_backlog"}` for `tables`.
 
     `streams` are the event streams whose backlog counts, every partition of the deployment.
     """
-    backlog = await stream_backlog(redis, streams)
+    backlog = await stream_backlog(redis, streams, breaker)
     verdicts = assess(await read_rows(conn), tables, backlog, stale_after_s)
     warnings = [f"{v.table} is stale: {v.reason}" for v in verdicts.values() if v.stale]
     if backlog is None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
-from query.api import POOL_KEY, create_api_app
+from query.api import POOL_KEY, REDIS_BREAKER_KEY, create_api_app
 from query.settings import ApiSettings
 from sinks.guard import run_guard
 from sinks.sites import upsert_site
@@ -428,3 +431,75 @@ async def test_site_alias_answers_as_domain(stack, db, redis):
     assert live["site"] == "alias.example"
     assert unknown == (404, {"error": "unknown site 'www.other.example': list sites with GET /api/sites",
                              "parameter": "site"})
+
+
+@contextlib.contextmanager
+def own_redis_server() -> Iterator[int]:
+    """Run a redis-server of this test's own on a free port of 127.0.0.1, without persistence; yield its port."""
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+async def get_report_timed(url: str, params: dict) -> tuple[float, int, dict]:
+    started = time.monotonic()
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.get(f"{url}/api/audience", params=params) as response:
+            return time.monotonic() - started, response.status, await response.json()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+async def test_hung_redis_skips_cache_until_cool_down(database_url, db):
+    await run_guard(db, timescaledb="off")
+    await upsert_site(db, Site("h.example", "UTC"))
+    await db.execute(
+        """INSERT INTO session_fingerprints (site, session_id, visitor_id, started_at, ended_at, country, city)
+           VALUES ('h.example', 's1', 'v1', now() - interval '1 hour', now(), 'DE', 'Berlin'),
+                  ('h.example', 's2', 'v2', now() - interval '1 hour', now(), 'DE', 'Hamburg'),
+                  ('h.example', 's3', 'v3', now() - interval '1 hour', now(), 'FR', 'Paris')""")
+    base = {"site": "h.example", "period": "24h"}
+    row = {"visitors": 1, "sessions": 1, "bounce_rate": 1.0, "avg_session_duration_s": 0.0}
+
+    with own_redis_server() as redis_port:
+        proxy = FreezingProxy(redis_port)
+        proxy_url = f"redis://127.0.0.1:{await proxy.start()}/0"
+        direct = Redis.from_url(f"redis://127.0.0.1:{redis_port}/0")
+        async with running_api(database_url, proxy_url) as (app, url):
+            # Shorter than the default, so the test can wait it out. It still spans the second request.
+            app[REDIS_BREAKER_KEY].cool_down_s = 3
+            warm = await get_report_timed(url, {**base, "dimension": "os"})
+            proxy.frozen = True
+            first = await get_report_timed(url, {**base, "dimension": "country"})
+            second = await get_report_timed(url, {**base, "dimension": "city"})
+            cached_while_hung = await direct.dbsize()
+
+            proxy.frozen = False
+            await asyncio.sleep(3)
+            recovered = await get_report_timed(url, {**base, "dimension": "browser"})
+            cached_after = await direct.dbsize()
+        proxy.server.close()
+        await direct.aclose()
+
+    assert warm[1] == 200
+    assert first[1:] == (200, {**first[2], "data": [{"value": "DE", **row, "visitors": 2, "sessions": 2},
+                                                   {"value": "FR", **row}]})
+    assert first[2]["freshness"]["stream_backlog"] is None
+    # One 5 s socket timeout (the cache read) and no more: without the breaker the backlog read
+    # and the cache write each waited 5 s as well.
+    assert 4.5 < first[0] < 8
+    assert second[1:] == (200, {**second[2], "data": [{"value": "Berlin", **row}, {"value": "Hamburg", **row},
+                                                     {"value": "Paris", **row}]})
+    assert second[2]["freshness"]["stream_backlog"] is None
+    assert "the event stream could not be read, so a stuck pipeline would not show here" in \
+        second[2]["freshness"]["warnings"]
+    assert second[0] < 2
+    assert cached_while_hung == 1
+    assert recovered[1] == 200
+    assert recovered[2]["freshness"]["stream_backlog"] == {"entries": 0, "oldest_age_s": 0.0}
+    assert recovered[0] < 2
+    assert cached_after == 2
