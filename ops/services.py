@@ -98,7 +98,8 @@ async def _listen(runner: web.AppRunner, name: str, host: str, port: int, port_s
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     except OSError as error:  # socket.gaierror too: an unknown host name or a malformed address
         raise CommandError(f"{name} failed to listen on host {host!r} port {port}: {error.strerror or error}. "
-                           f"Set HOST or --host to a local address or host name, and {port_setting} to a free port") from None
+                           f"Set HOST or --host to a local address or host name, and {port_setting} to a free "
+                           "port") from None
 
 
 async def _stop_processors(tasks: list[asyncio.Task], processors: list[Processor]) -> None:

@@ -216,23 +216,13 @@ async def test_cli_interrupted_replay_exits_130(database_url, redis_url, tmp_pat
     stderr_path = tmp_path / "stderr.txt"
 
     # Millions of one-day chunks: the run cannot finish before the signal, even on an empty site.
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(weir_command("replay", "events", "--site", SITE, "--from", "2000-01-01", "--to",
-                                                "9999-10-31", "--chunk-days", "1"),
-                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while "chunk 2/" not in stderr_path.read_text():
-                assert time.monotonic() < deadline, stderr_path.read_text()
-                await asyncio.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            stdout, _ = await asyncio.to_thread(process.communicate, timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    async def second_chunk_started() -> bool:
+        return "chunk 2/" in stderr_path.read_text()
 
-    assert process.returncode == 130
+    args = ["--from", "2000-01-01", "--to", "9999-10-31", "--chunk-days", "1"]
+    returncode, stdout = await interrupt_replay(env, args, stderr_path, second_chunk_started)
+
+    assert returncode == 130
     # The signal lands between two chunks or during one, which is then rolled back.
     resume = [line for line in stderr_path.read_text().splitlines() if line.startswith("stopped ")]
     assert len(resume) == 1
@@ -252,28 +242,42 @@ async def test_cli_stop_while_chunk_waits_for_lock(database_url, redis_url, db, 
     stderr_path = tmp_path / "stderr.txt"
 
     # A live batch of the site holding its lock keeps the only chunk waiting.
+    async def chunk_waits() -> bool:
+        return await waiting_advisory_locks(db) > 0
+
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, SITE)
-        with stderr_path.open("w") as stderr:
-            process = subprocess.Popen(weir_command("replay", "events", "--site", SITE, "--from", "2026-12-01", "--to",
-                                                    "2026-12-06"),
-                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-            try:
-                deadline = time.monotonic() + 30
-                while not await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                            "AND NOT granted"):
-                    assert time.monotonic() < deadline, stderr_path.read_text()
-                    await asyncio.sleep(0.05)
-                process.send_signal(signal.SIGINT)
-                stdout, _ = await asyncio.to_thread(process.communicate, timeout=10)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        returncode, stdout = await interrupt_replay(env, ["--from", "2026-12-01", "--to", "2026-12-06"], stderr_path,
+                                                    chunk_waits)
 
-    assert process.returncode == 130
+    assert returncode == 130
     assert stderr_path.read_text().splitlines()[-1] == ("stopped during 2026-12-01..2026-12-06, which was rolled back; "
                                                         "resume with --from 2026-12-01 --to 2026-12-06")
     assert stdout.splitlines() == [f"stopped: rebuilt {SITE} no day of 2026-12-01..2026-12-06: 0 events, 0 bot flags "
                                    "and 0 session ids changed, 0 rollup rows written"]
-    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 0
+    assert await waiting_advisory_locks(db) == 0
+
+
+async def interrupt_replay(env: dict, args: list[str], stderr_path, ready) -> tuple[int, str]:
+    """Run `weir replay events --site SITE ARGS`, send SIGINT once `ready()` is true; return exit code and stdout."""
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(weir_command("replay", "events", "--site", SITE, *args),
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not await ready():
+                assert time.monotonic() < deadline, stderr_path.read_text()
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            stdout, _ = await asyncio.to_thread(process.communicate, timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return process.returncode, stdout
+
+
+async def waiting_advisory_locks(db) -> int:
+    """Return how many advisory lock requests wait in the test's own database."""
+    return await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
