@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 ENTRY_ID = re.compile(r"[0-9]+(?:-[0-9]+)?")
 MAX_SEQUENCE = 2**64 - 1
 """Largest sequence number of a stream entry id, and largest millisecond part."""
+MAX_ID_PART_DIGITS = len(str(MAX_SEQUENCE))
+"""Digits of MAX_SEQUENCE: a part of an entry id with more digits, after leading zeros, exceeds it."""
+MAX_SHOWN_CHARS = 60
+"""Maximum characters of a rejected --from or --to value that its error message repeats."""
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 
@@ -63,10 +67,14 @@ def parse_bound(text: str, *, end: bool = False) -> str:
     if text in ("-", "+"):
         return text
     if ENTRY_ID.fullmatch(text):
-        if max(_id_tuple(text)) > MAX_SEQUENCE:
-            raise InvalidBound(f"invalid stream position {text!r}: give an entry id whose milliseconds and "
-                               f"sequence number are at most {MAX_SEQUENCE}")
-        return text
+        # Leading zeros are dropped because Redis 7.0 rejects an id of more than 127 characters. The
+        # length check comes before int(), which raises ValueError for more than 4300 digits in CPython 3.11.
+        entry_id = "-".join(part.lstrip("0") or "0" for part in text.split("-"))
+        too_long = any(len(part) > MAX_ID_PART_DIGITS for part in entry_id.split("-"))
+        if too_long or max(_id_tuple(entry_id)) > MAX_SEQUENCE:
+            raise InvalidBound(f"invalid stream position {_abbreviated(text)!r}: give an entry id whose "
+                               f"milliseconds and sequence number are at most {MAX_SEQUENCE}")
+        return entry_id
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -94,6 +102,10 @@ def check_range(start: str, end: str, first_text: str, last_text: str) -> None:
     if _bound_tuple(start, end=False) > _bound_tuple(end, end=True):
         raise InvalidBound(f"invalid range: --from {first_text} --to {last_text} contains no entry: give a --to "
                            "after --from (a time as --to is exclusive)")
+
+
+def _abbreviated(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

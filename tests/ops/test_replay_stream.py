@@ -92,9 +92,25 @@ async def group_state(redis: Redis) -> tuple:
     ("2024-05-17 10:00", False, "1715940000000-0"),
     ("2024-05-17T10:00:00Z", True, "(1715940000000-0"),
     ("2024-05-17", True, "(1715904000000-0"),
+    ("0001715940000000-03", False, "1715940000000-3"),
+    ("0" * 5000 + "7-0", False, "7-0"),
+    ("00-00", True, "0-0"),
 ])
 def test_parse_bound_cases(text, end, bound):
     assert parse_bound(text, end=end) == bound
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("1" * 5000, "1" * 60 + "... (5000 characters)"),
+    ("1-" + "9" * 4400, "1-" + "9" * 58 + "... (4402 characters)"),
+    ("018446744073709551616", "018446744073709551616"),
+])
+def test_parse_bound_rejects_long_id(text, shown):
+    with pytest.raises(InvalidBound) as rejected:
+        parse_bound(text)
+
+    assert str(rejected.value) == (f"invalid stream position {shown!r}: give an entry id whose milliseconds and "
+                                   "sequence number are at most 18446744073709551615")
 
 
 @pytest.mark.parametrize("text", ["yesterday", "1715940000000-", "17-05-2024", "", "\uff11\uff12\uff13-0"])
@@ -377,6 +393,9 @@ async def test_cli_rejects_bad_input(database_url, redis_url):
     (["--from", "5-0", "--to", "1-18446744073709551616"], "invalid stream position '1-18446744073709551616': give "
                                                           "an entry id whose milliseconds and sequence number are "
                                                           "at most 18446744073709551615"),
+    (["--from", "5-0", "--to", "1-" + "1" * 5000], "invalid stream position '1-" + "1" * 58 + "... (5002 "
+                                                    "characters)': give an entry id whose milliseconds and "
+                                                    "sequence number are at most 18446744073709551615"),
     (["--from", "5-0", "--to", "1-0"], "invalid range: --from 5-0 --to 1-0 contains no entry: give a --to after "
                                        "--from (a time as --to is exclusive)"),
     (["--from", "-", "--to", "1970-01-01T00:00Z"], "invalid --to 1970-01-01T00:00Z: no entry id is before it, so "
