@@ -150,14 +150,24 @@ def _engagement(body: dict) -> dict[str, int]:
     return fields
 
 
+MAX_INTEGER_DIGITS = 18
+"""Maximum digits of an integer sent as a string. No scroll depth or time needs more, and int()
+raises ValueError for more than 4300 digits in CPython 3.11."""
+
+
 def _integer(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    if not isinstance(value, str):
+        return None
+    # ASCII digits only: str.isdigit() is also true for "²", which int() rejects, and for other
+    # scripts' digits.
+    digits = value.strip()
+    if not digits or len(digits) > MAX_INTEGER_DIGITS or not digits.isascii() or not digits.isdigit():
+        return None
+    return int(digits)
 
 
 def _first(body: dict, *names: str) -> Any:

@@ -150,3 +150,15 @@ async def test_invalid_json_400(http, collector):
 
     assert status == 400
     assert "character 17" in orjson.loads(body)["errors"]["request"][0]
+
+
+@pytest.mark.parametrize("depth", ["\u00b2", "1" * 5000, "\u0663"])
+async def test_engagement_ignores_unusable_depth(http, collector, redis_client, depth):
+    # "²" passes str.isdigit() but not int(), and int() rejects more than 4300 digits.
+    payload = {"n": "engagement", "u": "https://example.com/a", "d": "example.com", "sd": depth, "e": 5234}
+
+    status, body, _ = await send(http, collector, payload)
+
+    assert status == 202, body
+    [event] = await stream_events(redis_client)
+    assert event.props == {"engagement_ms": 5234}
