@@ -33,7 +33,7 @@ from ingest.collector import create_collector_app
 from ingest.settings import CollectorSettings
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
-from sinks.sites import upsert_site
+from sinks.sites import publish_sites, upsert_site
 from streams.event import Event, decode_entry
 from streams.keys import EVENTS_STREAM
 from streams.sites import Site, SiteDirectory
@@ -206,6 +206,9 @@ async def processor(database_url: str, ingest_redis_url: str, redis_client: Redi
     async with running.pool.acquire() as conn:
         for site in SITES:
             await upsert_site(conn, site)
+        # The start published the table while it had no rows, which emptied the directory that
+        # the `sites` fixture had filled.
+        await publish_sites(conn, SiteDirectory(redis_client))
     stopping = asyncio.Event()
     task = asyncio.create_task(running.run(stopping))
     try:

@@ -159,8 +159,8 @@ def test_accepted_one_response_matches_json_response():
     assert dict(fast.headers) == dict(plain.headers)
 
 
-def test_cached_site_lookup_waits_for_a_load():
-    directory = SiteDirectory(redis=None)
+async def test_cached_site_lookup_waits_for_a_load(redis_client):
+    directory = SiteDirectory(redis_client)
 
     assert directory.cached_lookup("example.com") is False
 
