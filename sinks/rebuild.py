@@ -69,7 +69,7 @@ SELECT coalesce(sum(value) FILTER (WHERE metric_name IN ('pageviews', 'bot_pagev
 
 _DAY_RAW_COUNTS = """
 SELECT count(*) FILTER (WHERE event_type = 'pageview') AS pageviews,
-       count(*) FILTER (WHERE event_type <> 'pageview') AS events
+       count(*) FILTER (WHERE event_type <> 'pageview' AND NOT is_bot) AS events
   FROM raw_events
  WHERE site = $1 AND "timestamp" >= $2 AND "timestamp" < $3 AND visitor_id <> ''
 """
@@ -190,8 +190,9 @@ async def _check_oldest_day_whole(conn: asyncpg.Connection, site: Site, day: dat
     count more events than raw_events contains of it.
 
     Only a day that starts before the UTC day of the oldest raw event can have lost events to
-    retention. Pageviews are compared with bots included, and custom events with the bots' events
-    included on the raw side, so a rebuild that changes bot flags does not trip the check.
+    retention. Pageviews are compared with bots included, and custom events without them, as
+    `events` counts them. The processor and a rebuild change raw bot flags and rollups in one
+    transaction, so the two agree on which custom events are bots.
     """
     start, end, _, _ = utc_window(site, day, day)
     if start >= datetime.combine(oldest.astimezone(timezone.utc).date(), time(), timezone.utc):

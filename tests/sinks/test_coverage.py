@@ -159,3 +159,24 @@ async def test_replay_rebuilds_oldest_day_that_starts_late(processor, db):  # no
     assert report.events == 1
     assert await db.fetchval("SELECT value FROM daily_metrics WHERE site = $1 AND date = $2 "
                              "AND metric_name = 'pageviews' AND dimension_key IS NULL", BERLIN.domain, day) == 1
+
+
+async def test_replay_keeps_oldest_day_that_lost_custom_events(processor, db):  # noqa: F811
+    # The cut hour held a visitor's custom event, and a bot's custom event later that day must
+    # not stand in for it, because `events` counts humans only.
+    day = date(2025, 1, 15)
+    await upsert_site(db, BERLIN)
+    await feed(processor, [[make_event(BERLIN.domain, "v1", 0, "/signup", kind="signup",
+                                       base_ms=berlin_ms(day, 0, 30)),
+                            make_event(BERLIN.domain, "v2", 0, "/noon", base_ms=berlin_ms(day, 12, 0)),
+                            make_event(BERLIN.domain, "b1", 0, "/signup", kind="signup", bot=True,
+                                       base_ms=berlin_ms(day, 12, 0))]])
+    await db.execute("DELETE FROM raw_events WHERE site = $1 AND \"timestamp\" < '2025-01-15T00:00:00Z'",
+                     BERLIN.domain)
+
+    with pytest.raises(RangeBeforeRawEvents) as rejected:
+        await rebuild_range(db, BERLIN, BotDetector(), day, day)
+
+    assert "(pageviews 1 against 1, custom events 1 against 0)" in str(rejected.value)
+    assert await db.fetchval("SELECT value FROM daily_metrics WHERE site = $1 AND date = $2 "
+                             "AND metric_name = 'events' AND dimension_key IS NULL", BERLIN.domain, day) == 1
