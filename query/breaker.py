@@ -38,6 +38,7 @@ class RedisBreaker:
         self._opened = True
 
     def record_success(self) -> None:
-        if self._opened:
+        # A call that started before a failure can succeed during the cool-down, which ends anyway.
+        if self._opened and self.allows():
             self._opened = False
             logger.info("redis reachable again after a failure; reading the answer cache and stream backlog again")
