@@ -23,25 +23,36 @@ logger = logging.getLogger(__name__)
 CACHE_TTL_S = 5.0
 """How long a collector trusts its copy of the directory; a new site is accepted within this."""
 
-# KEYS: the directory hash. ARGV: host, record, host, record, ... The script deletes every host
-# not in ARGV, writes the others and returns the deleted hosts. Redis runs a script atomically, so
-# an HGETALL returns the old directory or the new one, never one without a live site. The chunks
-# of 1000 stay below the 8000 values that unpack() takes (LUAI_MAXCSTACK in Redis 7.0's Lua).
+# KEYS: the directory hash. ARGV: the number of sites N, their N domains, then host, record, host,
+# record, ... The script deletes each host that is not in ARGV and whose record names one of the N
+# sites, writes the others and returns the deleted hosts. A host of a site that is not among the
+# N stays, so a processor started against an empty or wrong database cannot empty the directory
+# that collectors read. Redis runs a script atomically, so an HGETALL returns the old directory or
+# the new one, never one without a live site. The chunks of 1000 stay below the 8000 values that
+# unpack() takes (LUAI_MAXCSTACK in Redis 7.0's Lua).
 _REPLACE_SCRIPT = """
+local count = tonumber(ARGV[1])
+local listed = {}
+for i = 2, count + 1 do
+    listed[ARGV[i]] = true
+end
 local keep = {}
-for i = 1, #ARGV, 2 do
+for i = count + 2, #ARGV, 2 do
     keep[ARGV[i]] = true
 end
 local removed = {}
 for _, host in ipairs(redis.call('HKEYS', KEYS[1])) do
     if not keep[host] then
-        removed[#removed + 1] = host
+        local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[1], host))
+        if ok and type(record) == 'table' and listed[record['domain']] then
+            removed[#removed + 1] = host
+        end
     end
 end
 for i = 1, #removed, 1000 do
     redis.call('HDEL', KEYS[1], unpack(removed, i, math.min(i + 999, #removed)))
 end
-for i = 1, #ARGV, 1000 do
+for i = count + 2, #ARGV, 1000 do
     redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 return removed
@@ -157,11 +168,12 @@ class SiteDirectory:
         self._replace = redis.register_script(_REPLACE_SCRIPT)
 
     async def publish(self, sites: list[Site]) -> list[str]:
-        """Replace the Redis hash with `sites`, each under its domain and every alias; return the hosts removed.
+        """Write `sites` to the Redis hash, each under its domain and every alias; return the hosts removed.
 
-        `sites` is the whole directory: a host that none of them names is deleted, in the same
-        atomic step that writes the others, and an empty list empties the hash. Of two publishes
-        at once the later one wins, so publish_sites runs them one at a time.
+        A host whose record names one of `sites` but that the site no longer names (a removed
+        alias) is deleted, in the same atomic step that writes the others. Hosts of sites not in
+        `sites` stay. Of two publishes at once the later one wins, so publish_sites runs them
+        one at a time.
 
         Each host maps to one site. A site's domain always maps to that site, even where another
         site lists it as an alias, and an alias listed by two sites goes to the one earlier in
@@ -184,7 +196,8 @@ class SiteDirectory:
         records = {site.domain: orjson.dumps({"domain": site.domain, "timezone": site.timezone,
                                               "aliases": list(site.aliases)}) for site in sites}
         pairs = [value for host, site in owners.items() for value in (host, records[site.domain])]
-        removed = sorted(host.decode() for host in await self._replace(keys=[SITES_HASH], args=pairs))
+        args = [len(records), *records, *pairs]
+        removed = sorted(host.decode() for host in await self._replace(keys=[SITES_HASH], args=args))
         if removed:
             listed = ",".join(removed[:MAX_LOGGED_HOSTS]) + (",..." if len(removed) > MAX_LOGGED_HOSTS else "")
             logger.info("site directory hosts removed count=%d hosts=%s", len(removed), listed)

@@ -142,13 +142,19 @@ async def test_publish_removes_stale_hosts(db, redis, caplog):
         "site directory published sites=3 hosts_removed=3"]
 
 
-async def test_publish_of_no_sites_empties_directory(redis):
+async def test_publish_keeps_sites_it_does_not_list(db, redis):
+    # A processor started against an empty database publishes no site, and collectors that share
+    # its Redis must still accept the sites of the right database.
+    await run_guard(db, apply=True)
     await SiteDirectory(redis).publish([Site("a.example", "UTC", ("www.a.example",))])
 
-    removed = await SiteDirectory(redis).publish([])
+    published = await publish_sites(db, SiteDirectory(redis))
+    removed = await SiteDirectory(redis).publish([Site("b.example", "UTC")])
 
-    assert removed == ["a.example", "www.a.example"]
-    assert await redis.exists(SITES_HASH) == 0
+    assert published == 0
+    assert removed == []
+    assert await directory_hash(redis) == {"a.example": "a.example", "www.a.example": "a.example",
+                                           "b.example": "b.example"}
 
 
 async def test_publish_keeps_live_site_visible(redis):
