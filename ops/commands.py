@@ -23,7 +23,8 @@ from ops.replay_archive import replay_archive_command
 from ops.replay_events import EARLIEST_DAY, LATEST_DAY, ONLY_CHOICES, replay_events
 from ops.replay_stream import replay_stream_command
 from ops.services import ServiceSet, install_stop_signals, run_services
-from ops.settings import DatabaseToolSettings, ReplaySettings, SiteToolSettings, StreamToolSettings
+from ops.settings import (DatabaseToolSettings, ReplaySettings, SiteToolSettings, StreamToolSettings,
+                          tool_redis_timeouts)
 from query.api import create_api_app
 from query.live import create_realtime_app
 from query.live_settings import RealtimeSettings
@@ -38,7 +39,7 @@ from streams.dead_letter import list_all_dead_letters, requeue_all
 from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory, host_name_problem, normalize_host
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
 from weir.settings import ConfigError, load_settings
 
 
@@ -171,7 +172,7 @@ def _as_script(sql: str) -> str:
 async def site(args: argparse.Namespace) -> int:
     settings = load_settings(SiteToolSettings)
     conn = await _connect(settings.DATABASE_URL)
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     try:
         await run_guard(conn, apply=True) if not await _has_sites_table(conn) else None
         if args.site_command == "list":
@@ -233,7 +234,7 @@ async def import_logs(args: argparse.Namespace) -> int:
     for path in args.paths:
         check_log_file(path)
 
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     try:
         record = await SiteDirectory(redis).lookup(args.site)
         if record is None:
@@ -279,7 +280,7 @@ async def _check_dry_run_site(domain: str) -> None:
     except ConfigError as error:
         print(f"warning: site {domain!r} not checked: {error}", file=sys.stderr)
         return
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     try:
         record = await SiteDirectory(redis).lookup(domain)
     except REDIS_ERRORS as error:
@@ -340,7 +341,7 @@ async def dead_letters(args: argparse.Namespace) -> int:
     _check_dead_letter_arguments(args)
     settings = load_settings(StreamToolSettings)
     dead_letter_streams = StreamPartitions.from_settings(settings).dead_letter_streams()
-    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+    redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     try:
         if args.dlq_command == "list":
             letters = await list_all_dead_letters(redis, dead_letter_streams, args.limit)

@@ -47,6 +47,7 @@ from ingest.validate import EventBuilder, InvalidEvent, RequestContext, RequestM
 from ops.errors import CommandError
 from ops.progress import Progress
 from ops.replay_stream import install_stop_handlers
+from ops.settings import tool_redis_timeouts
 from sinks.archive import ARCHIVE_ORIGIN, ORIGIN_FIELD
 from streams.event import Event, encode_entry
 from streams.keys import PROCESSOR_GROUP
@@ -54,7 +55,7 @@ from streams.partitions import StreamPartitions
 from streams.sites import SiteDirectory
 from streams.visitor import SaltStore
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
 from weir.settings import StreamLayoutSettings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -536,7 +537,7 @@ async def replay_archive_command(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
     try:
-        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     except ValueError as error:
         raise CommandError(str(error)) from None
     try:

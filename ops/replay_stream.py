@@ -26,6 +26,7 @@ import asyncpg
 
 from ops.errors import CommandError
 from ops.progress import Progress
+from ops.settings import tool_redis_timeouts
 from sinks.errors import is_transient
 from sinks.processor import Processor
 from sinks.settings import ProcessorSettings
@@ -33,7 +34,7 @@ from streams.consumer import Entry
 from streams.event import MalformedEntry
 from streams.partitions import StreamPartitions
 from weir.logs import configure_logging
-from weir.redis import REDIS_ERRORS, TOOL_TIMEOUTS, RedisClient, connect_redis
+from weir.redis import REDIS_ERRORS, RedisClient, connect_redis
 from weir.settings import load_settings
 
 logger = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ async def _existing_streams(settings: ProcessorSettings, stream: str | None) -> 
     """
     candidates = [stream] if stream is not None else StreamPartitions.from_settings(settings).streams()
     try:
-        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **TOOL_TIMEOUTS)
+        redis = connect_redis(settings.REDIS_URL, cluster=settings.REDIS_CLUSTER, **tool_redis_timeouts())
     except ValueError as error:
         raise CommandError(str(error)) from None
     try:

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from weir.settings import StreamLayoutSettings
+from weir.settings import StreamLayoutSettings, load_settings
 
 
 class DatabaseToolSettings(BaseSettings):
@@ -44,3 +44,28 @@ class ReplaySettings(BaseSettings):
 
     DATABASE_URL: str
     BOT_PATTERNS_FILE: str = ""
+
+
+TOOL_CONNECT_TIMEOUT_S = 5.0
+"""Seconds a command waits to connect to Redis."""
+
+
+class ToolRedisSettings(BaseSettings):
+    """Environment of the commands that talk to Redis: how long they wait for a reply."""
+
+    command_name: ClassVar[str] = "site, import-logs, dlq or replay"
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    TOOL_REDIS_TIMEOUT_S: float = Field(30.0, gt=0, le=3600,
+                                        description="seconds a command waits for a Redis reply before it stops "
+                                                    "with an error")
+
+
+def tool_redis_timeouts() -> dict[str, float]:
+    """Return the timeouts of a command's Redis client; raise ConfigError for an invalid TOOL_REDIS_TIMEOUT_S.
+
+    A Redis that stops replying then ends the command with an error instead of leaving it waiting
+    for ever. No command blocks on a read, so every reply is due at once.
+    """
+    timeout_s = load_settings(ToolRedisSettings).TOOL_REDIS_TIMEOUT_S
+    return {"socket_connect_timeout": min(TOOL_CONNECT_TIMEOUT_S, timeout_s), "socket_timeout": timeout_s}

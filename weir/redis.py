@@ -24,11 +24,6 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 RedisError, when it has no reachable node for a slot, for instance while a shard restarts."""
 
 
-TOOL_TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}
-"""Connection options of the command-line tools: a Redis that stops replying ends a command with
-an error after these seconds, instead of leaving it waiting for ever. None of them blocks on a read."""
-
-
 class InvalidRedisUrl(ValueError):
     """A REDIS_URL that cannot be used with the chosen deployment."""
 

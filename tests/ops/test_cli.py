@@ -452,12 +452,23 @@ async def test_dlq_list_gives_up_on_silent_redis():
     server = await asyncio.start_server(lambda _reader, _writer: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        result = await asyncio.to_thread(run, ["dlq", "list"], bare_env(REDIS_URL=f"redis://127.0.0.1:{port}/0"))
+        result = await asyncio.to_thread(run, ["dlq", "list"], bare_env(REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                                                                        TOOL_REDIS_TIMEOUT_S="1.5"))
     finally:
         server.close()
 
     assert result.returncode == 1
     assert result.stderr == f"error: Redis at REDIS_URL failed: Timeout reading from 127.0.0.1:{port}\n"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "3601"])
+def test_invalid_tool_redis_timeout_one_line(value):
+    result = run(["dlq", "list"], bare_env(REDIS_URL=f"{REDIS_SERVER_URL}/{REDIS_TEST_DB}", TOOL_REDIS_TIMEOUT_S=value))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: weir site, import-logs, dlq or replay: invalid TOOL_REDIS_TIMEOUT_S="
+                                    f"{value!r}: ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 async def test_up_port_in_use_names_its_option(database_url, redis_url):
