@@ -145,7 +145,8 @@ def report(allowed: set[str], compute: Report, comparable: bool = False):
         settings = request.app[SETTINGS_KEY]
         redis, breaker = request.app[REDIS_KEY], request.app[REDIS_BREAKER_KEY]
         key = cache_key(request.path, list(request.query.items()))
-        body = await cached(redis, breaker, key)
+        # CACHE_TTL_S=0 turns the cache off, so an answer cached before it was set is not served either.
+        body = await cached(redis, breaker, key) if settings.CACHE_TTL_S > 0 else None
         if body is None:
             body = orjson.dumps(await _compute(request, compute, comparable and compare == "previous"))
             await store(redis, breaker, key, body, settings.CACHE_TTL_S)

@@ -17,6 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from query.api import POOL_KEY, REDIS_BREAKER_KEY, create_api_app
+from query.cache import cache_key
 from query.settings import ApiSettings
 from sinks.guard import run_guard
 from sinks.sites import upsert_site
@@ -503,3 +504,19 @@ async def test_hung_redis_skips_cache_until_cool_down(database_url, db):
     assert recovered[2]["freshness"]["stream_backlog"] == {"entries": 0, "oldest_age_s": 0.0}
     assert recovered[0] < 2
     assert cached_after == 2
+
+
+async def test_cache_ttl_zero_reads_no_cached_answer(database_url, redis_url, db, redis):
+    await run_guard(db, timescaledb="off")
+    await upsert_site(db, Site("c.example", "UTC"))
+    params = {"site": "c.example", "period": "24h"}
+    # An answer cached while the cache was on, before CACHE_TTL_S was set to 0.
+    await redis.set(cache_key("/api/overview", list(params.items())), b'{"pageviews": 999}')
+
+    async with running_api(database_url, redis_url, CACHE_TTL_S=0) as (_app, url):
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.get(f"{url}/api/overview", params=params) as response:
+                status, body = response.status, await response.json()
+
+    assert status == 200
+    assert body["pageviews"] == 0
