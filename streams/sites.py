@@ -30,7 +30,7 @@ CACHE_TTL_S = 5.0
 # that collectors read. Redis runs a script atomically, so an HGETALL returns the old directory or
 # the new one, never one without a live site. The chunks of 1000 stay below the 8000 values that
 # unpack() takes (LUAI_MAXCSTACK in Redis 7.0's Lua).
-_REPLACE_SCRIPT = """
+_PUBLISH_SCRIPT = """
 local count = tonumber(ARGV[1])
 local listed = {}
 for i = 2, count + 1 do
@@ -165,7 +165,7 @@ class SiteDirectory:
         form is found without normalizing it again."""
         self._loaded_at = float("-inf")
         self._reload_lock = asyncio.Lock()
-        self._replace = redis.register_script(_REPLACE_SCRIPT)
+        self._publish_script = redis.register_script(_PUBLISH_SCRIPT)
 
     async def publish(self, sites: list[Site]) -> list[str]:
         """Write `sites` to the Redis hash, each under its domain and every alias; return the hosts removed.
@@ -197,7 +197,7 @@ class SiteDirectory:
                                               "aliases": list(site.aliases)}) for site in sites}
         pairs = [value for host, site in owners.items() for value in (host, records[site.domain])]
         args = [len(records), *records, *pairs]
-        removed = sorted(host.decode() for host in await self._replace(keys=[SITES_HASH], args=args))
+        removed = sorted(host.decode() for host in await self._publish_script(keys=[SITES_HASH], args=args))
         if removed:
             listed = ",".join(removed[:MAX_LOGGED_HOSTS]) + (",..." if len(removed) > MAX_LOGGED_HOSTS else "")
             logger.info("site directory hosts removed count=%d hosts=%s", len(removed), listed)

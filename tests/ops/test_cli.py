@@ -472,15 +472,15 @@ def test_invalid_tool_redis_timeout_one_line(value):
 
 
 async def test_up_port_in_use_names_its_option(database_url, redis_url):
-    taken = await asyncio.start_server(lambda _reader, writer: writer.close(), "127.0.0.1", 0)
-    port = taken.sockets[0].getsockname()[1]
+    listener = await asyncio.start_server(lambda _reader, writer: writer.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
     env = bare_env(NODE_ENV="development", REDIS_URL=redis_url, DATABASE_URL=database_url, API_KEYS="key")
     try:
         result = await asyncio.to_thread(run, ["up", "--collector-port", str(port), "--api-port", str(free_port()),
                                                "--realtime-port", str(free_port()),
                                                "--processor-metrics-port", str(free_port())], env)
     finally:
-        taken.close()
+        listener.close()
     errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
 
     assert result.returncode == 1
