@@ -191,10 +191,11 @@ async def find_site(conn: asyncpg.Connection, host: str) -> Site | None:
 
 
 async def publish_sites(conn: asyncpg.Connection, directory: SiteDirectory) -> int:
-    """Replace the Redis directory the collector reads with every row of `sites`; return the count.
+    """Copy every row of `sites` into the Redis directory the collector reads; return the count.
 
-    Hosts that no row names any more are removed from the directory. Where an older version let
-    two sites list the same alias, the site added first keeps it.
+    A host whose site is in the table but no longer names it (a removed alias) is deleted from the
+    directory, and hosts of sites missing from the table stay (see SiteDirectory.publish). Where
+    an older version let two sites list the same alias, the site added first keeps it.
     """
     async with conn.transaction():
         # The lock that add_site takes is held until Redis has the copy, so no row changes between
